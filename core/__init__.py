@@ -1,0 +1,1 @@
+"""Pieces every lorarec process imports: errors, configs, assets, atomic file writes."""

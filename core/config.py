@@ -1,0 +1,301 @@
+"""Run configs: one YAML file per run, validated against typed dataclasses.
+
+* Unknown keys are rejected, naming the nearest valid key.
+* Wrong types name the key and the expected type.
+* ``key.sub=value`` overrides from the command line are applied before validation, with the
+  value parsed as YAML (``train.lr=1e-4``, ``eval.baselines=[random,sasrec]``).
+* :func:`dump_config` writes the fully resolved config (every default filled in).
+
+Later parts of the system add sections here; every section is a dataclass, so one schema
+describes the whole file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from lorarec.core.errors import ConfigError
+
+Task = Literal["next_item", "ctr"]
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared data lives and how it is prepared (``lorarec data prepare``)."""
+
+    source: str = "ml-100k"
+    """``ml-100k`` or a path to a file/directory of the given ``format``."""
+    format: Literal["ml-100k", "interactions", "sequences"] = "ml-100k"
+    dir: str = "runs/data/ml-100k"
+    """Prepared data directory (output of ``lorarec data prepare``)."""
+    task: Task = "next_item"
+    split: Literal["user", "global"] = "user"
+    """``user``: per user, last interaction test, second last valid; ``global``: 8:1:1 by
+    global timestamp (``ctr`` only)."""
+    seed: int = 42
+    history_short: int = 10
+    """Items of history shown to the LLM as titles."""
+    history_long: int = 50
+    """Items of history kept for sequence encoders."""
+    num_candidates: int = 20
+    min_history: int = 2
+    """A training sample needs at least this many earlier items."""
+    positive_rating: float = 4.0
+    """CTR label: rating >= this is positive."""
+    shard_size: int = 10000
+    """Samples per webdataset tar shard."""
+
+
+@dataclass
+class TinyBackboneConfig:
+    """Shape of the tiny random Llama used by tests (``model.backbone: tiny-random``)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "smollm2-135m"
+    """A fetched asset name, a local Hugging Face directory, a hub name, or ``tiny-random``."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
+
+
+@dataclass
+class SASRecConfig:
+    """The sequence recommender: a baseline and, later, the encoder of gates and routers."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["valid", "test"] = "test"
+    baselines: list[Literal["random", "popularity", "sasrec"]] = field(
+        default_factory=lambda: ["random", "popularity", "sasrec"]
+    )
+    llm_methods: list[Literal["likelihood", "generation"]] = field(
+        default_factory=lambda: ["likelihood", "generation"]
+    )
+    llm_limit: int | None = 200
+    """Samples the LLM is evaluated on (a fixed seeded subset); null for all."""
+    max_new_tokens: int = 48
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out: str | None = None
+    """Run directory; default ``runs/<name>``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Read a YAML run config, apply ``key=value`` overrides, validate, return it."""
+    raw: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        origin = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(
+                f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{p}: a config must be a mapping of keys, not {type(loaded).__name__}"
+            )
+        raw = loaded
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(RunConfig, raw, origin)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def from_dict(cls: type, raw: Any, origin: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: {prefix.rstrip('.') or 'config'} must be a mapping, got {_typename(raw)}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            full = prefix + str(key)
+            valid = [prefix + name for name in fields]
+            near = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (valid keys: {', '.join(valid)})"
+            raise ConfigError(f"{origin}: unknown key {full!r}{hint}")
+    kwargs = {}
+    for name in fields:
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], origin, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, origin: str, key: str) -> Any:
+    origin_tp = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, origin, key + ".")
+    if origin_tp in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, origin, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{origin}: {key} must be {_describe(tp)}, got {_show(value)}")
+    if origin_tp is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(
+                f"{origin}: {key} must be one of {', '.join(map(repr, choices))}, "
+                f"got {_show(value)}{hint}"
+            )
+        return value
+    if origin_tp is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: {key} must be {_describe(tp)}, got {_show(value)}")
+        return [_coerce(item_tp, v, origin, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin_tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key} must be a mapping, got {_show(value)}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, origin, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema bug, not user error
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    raise ConfigError(f"{origin}: {key} must be {_describe(tp)}, got {_show(value)}")
+
+
+def _describe(tp: Any) -> str:
+    origin_tp = typing.get_origin(tp)
+    if origin_tp in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin_tp is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin_tp is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _typename(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({_typename(value)})"
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML (the same schema :func:`load_config` reads)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def write_config(cfg: RunConfig, path: str | Path) -> None:
+    from lorarec.core.io import write_text_atomic
+
+    write_text_atomic(path, dump_config(cfg))

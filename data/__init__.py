@@ -1,0 +1,1 @@
+"""Data sources, preparation (splits, candidates, graph, shards) and the prepared-data reader."""

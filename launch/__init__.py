@@ -1,0 +1,2 @@
+"""The ``lorarec`` command line: verbs, command construction, cluster recipes. Ranks never
+import this package."""

