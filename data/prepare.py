@@ -55,7 +55,11 @@ class PrepareOptions:
 
 
 def prepare(
-    source: Interactions | Sequences, out: Path, opts: PrepareOptions, source_name: str
+    source: Interactions | Sequences,
+    out: Path,
+    opts: PrepareOptions,
+    source_name: str,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the prepared directory ``out`` atomically and return its manifest."""
     if opts.num_candidates < 2:
@@ -90,6 +94,7 @@ def prepare(
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": source_name,
+            "inputs": inputs or {},
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
             "counts": counts,
             "tasks": tasks,
@@ -252,7 +257,7 @@ def _prepare_sequences(src: Sequences, root: Path, opts: PrepareOptions) -> dict
             forbidden = set(hist) | {target}
             if src.num_items - len(forbidden) < k - 1:
                 raise DataError(
-                    f"{split}.jsonl:{j + 1}: history covers all but {src.num_items - len(forbidden)} items; cannot draw {k - 1} negatives"
+                    f"{src.origins[split][j] if src.origins else f'{split}.jsonl row {j + 1}'}: history covers all but {src.num_items - len(forbidden)} items; cannot draw {k - 1} negatives"
                 )
             neg: list[int] = []
             while len(neg) < k - 1:

@@ -46,6 +46,8 @@ class Sequences:
     splits: dict[str, list[tuple[list[int], int]]]  # split -> rows of internal ids
     item_raw: list[str]
     titles: list[str]
+    origins: dict[str, list[str]] | None = None
+    """split -> ``file:line`` of each row, for error messages."""
 
     @property
     def num_items(self) -> int:
@@ -209,9 +211,11 @@ def read_sequences(root: Path) -> Sequences:
     item_raw = sorted(titles_raw, key=_sort_key)
     index = {raw: k for k, raw in enumerate(item_raw)}
     splits: dict[str, list[tuple[list[int], int]]] = {}
+    origins: dict[str, list[str]] = {}
     for split in SEQUENCE_SPLITS:
         path = root / f"{split}.jsonl"
         rows = []
+        lines: list[str] = []
         with _open(path) as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -241,10 +245,14 @@ def read_sequences(root: Path) -> Sequences:
                         )
                     ids.append(index[str(raw)])
                 rows.append((ids[:-1], ids[-1]))
+                lines.append(f"{path}:{lineno}")
         if not rows:
             raise DataError(f"{path}: empty split")
         splits[split] = rows
-    return Sequences(splits=splits, item_raw=item_raw, titles=[titles_raw[r] for r in item_raw])
+        origins[split] = lines
+    return Sequences(
+        splits=splits, item_raw=item_raw, titles=[titles_raw[r] for r in item_raw], origins=origins
+    )
 
 
 # ------------------------------------------------------------------------ LLaRA import
@@ -275,11 +283,21 @@ def import_llara(src: Path, out: Path, trust_pickle: bool = False) -> dict[str, 
             if not sep:
                 raise DataError(f"{names_path}:{lineno}: expected 'id::name'")
             try:
-                names[int(raw_id)] = _check_title(name, names_path, lineno)
+                item_id = int(raw_id)
             except ValueError:
                 raise DataError(
                     f"{names_path}:{lineno}: item id {raw_id!r} is not an integer"
                 ) from None
+            if item_id in names:
+                raise DataError(f"{names_path}:{lineno}: item id {item_id} listed twice")
+            names[item_id] = _check_title(name, names_path, lineno)
+    if not names:
+        raise DataError(f"{names_path}: no items")
+    if sorted(names) != list(range(len(names))):
+        raise DataError(
+            f"{names_path}: item ids must be 0..{len(names) - 1} (LLaRA pads sequences with the "
+            f"id {len(names)}), got ids from {min(names)} to {max(names)}"
+        )
     padding = len(names)
     frames = {}
     for split, fname in LLARA_FILES.items():
@@ -334,7 +352,8 @@ def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return open(path, encoding="utf-8", newline="")
+        # utf-8-sig: files saved by spreadsheet programs start with a byte-order mark.
+        return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror})") from None
 

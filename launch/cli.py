@@ -35,59 +35,121 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: Path, inputs: list[Path], ours: bool) -> None:
+    """Refuse an --out that would replace something that is not our own earlier output, or
+    that holds the input (the output directory is replaced as a whole)."""
+    out_r = out.resolve()
+    for path in inputs:
+        p = path.resolve()
+        if p == out_r or out_r in p.parents:
+            raise UsageError(
+                f"--out {out} would replace the input {path}; choose another directory"
+            )
+    if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(
+            f"--out {out} exists and is not an output of this command; choose another directory"
+        )
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from lorarec.core.config import DataConfig
+    from lorarec.core.io import sha256_file
     from lorarec.data import sources
     from lorarec.data.prepare import PrepareOptions, prepare, report
 
     d = DataConfig()
+
+    def pick(value, default):
+        return default if value is None else value
+
     opts = PrepareOptions(
-        seed=args.seed if args.seed is not None else d.seed,
-        history_long=args.history_long or d.history_long,
-        num_candidates=args.num_candidates or d.num_candidates,
-        min_history=args.min_history if args.min_history is not None else d.min_history,
-        positive_rating=args.positive_rating
-        if args.positive_rating is not None
-        else d.positive_rating,
-        shard_size=args.shard_size or d.shard_size,
+        seed=pick(args.seed, d.seed),
+        history_long=pick(args.history_long, d.history_long),
+        num_candidates=pick(args.num_candidates, d.num_candidates),
+        min_history=pick(args.min_history, d.min_history),
+        positive_rating=pick(args.positive_rating, d.positive_rating),
+        shard_size=pick(args.shard_size, d.shard_size),
     )
+    for name in ("history_long", "num_candidates", "shard_size"):
+        if getattr(opts, name) < 1:
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}"
+            )
+    if opts.min_history < 1:
+        raise UsageError(f"--min-history must be at least 1, got {opts.min_history}")
     out = Path(args.out)
     fmt = args.format or ("ml-100k" if args.source == "ml-100k" else None)
     if fmt is None:
         raise UsageError(f"{args.source}: say which --format it is (interactions or sequences)")
-    source_name = args.source if fmt == "ml-100k" else str(Path(args.source).resolve())
-    existing = out / "manifest.json"
-    if existing.is_file() and not args.force:
-        manifest = json.loads(existing.read_text())
-        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}
-        if manifest.get("source") == source_name and manifest.get("options") == wanted:
-            print(report(manifest))
-            print(f"already prepared in {out} (--force to prepare again)")
-            return 0
-    start = time.perf_counter()
     if fmt == "ml-100k":
         if args.source != "ml-100k":
             raise UsageError("--format ml-100k reads the fetched asset; give the source as ml-100k")
         from lorarec.core import assets
 
         assets.fetch("ml-100k")
-        src = sources.read_ml100k(assets.asset_path("ml-100k"))
+        root = assets.asset_path("ml-100k")
+        files = [root / "ml-100k.inter", root / "ml-100k.item"]
+        source_name = "ml-100k"
     elif fmt == "interactions":
         if not args.items:
             raise UsageError("--format interactions needs --items FILE (item, title columns)")
+        files = [Path(args.source), Path(args.items)]
+        source_name = str(Path(args.source).resolve())
+    else:
+        root = Path(args.source)
+        files = [
+            root / "items.tsv",
+            *(root / f"{split}.jsonl" for split in sources.SEQUENCE_SPLITS),
+        ]
+        source_name = str(root.resolve())
+    _check_out(
+        out,
+        [Path(args.source)] + files if fmt != "ml-100k" else files,
+        ours=(out / "manifest.json").is_file(),
+    )
+    # What the output is made from: format, separator and the sha256 of every input file.
+    inputs = {
+        "format": fmt,
+        "sep": args.sep,
+        "files": {str(f.resolve()): sha256_file(f) for f in files if f.is_file()},
+    }
+    existing = out / "manifest.json"
+    if existing.is_file() and not args.force:
+        manifest = json.loads(existing.read_text())
+        wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}
+        if (manifest.get("source"), manifest.get("options"), manifest.get("inputs")) == (
+            source_name,
+            wanted,
+            inputs,
+        ):
+            print(report(manifest))
+            print(f"already prepared in {out} (--force to prepare again)")
+            return 0
+    start = time.perf_counter()
+    if fmt == "ml-100k":
+        src = sources.read_ml100k(root)
+    elif fmt == "interactions":
         src = sources.read_interactions(Path(args.source), Path(args.items), args.sep)
     else:
         src = sources.read_sequences(Path(args.source))
-    manifest = prepare(src, out, opts, source_name)
+    manifest = prepare(src, out, opts, source_name, inputs)
     print(report(manifest))
     print(f"prepared in {out} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
 def cmd_data_import_llara(args: argparse.Namespace) -> int:
-    from lorarec.data.sources import import_llara
+    from lorarec.data.sources import LLARA_FILES, import_llara
 
-    counts = import_llara(Path(args.dir), Path(args.out), trust_pickle=args.trust_pickle)
+    out, src = Path(args.out), Path(args.dir)
+    ours = out.is_dir() and {p.name for p in out.iterdir()} == {
+        "items.tsv",
+        "train.jsonl",
+        "valid.jsonl",
+        "test.jsonl",
+    }
+    _check_out(out, [src, *(src / f for f in LLARA_FILES.values())], ours=ours)
+    counts = import_llara(src, out, trust_pickle=args.trust_pickle)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
     return 0
 

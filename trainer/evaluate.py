@@ -14,6 +14,7 @@ log loss. Every figure carries a bootstrap 95% interval.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from lorarec.core.config import RunConfig
-from lorarec.core.errors import DataError
+from lorarec.core.errors import ConfigError, DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
 from lorarec.trainer.prompts import (
@@ -298,13 +299,10 @@ def ensure_sasrec(
 
     from lorarec.trainer.sasrec import SASRec, train_sasrec
 
-    key = {
-        "data": str(Path(data.root).resolve()),
-        "task": data.task,
-        "files": data.manifest["files"].get("manifest")
-        or sorted(data.manifest["files"].items())[:3],
-        "sasrec": vars(cfg.sasrec),
-    }
+    # Reused only for the same prepared data (its manifest holds the sha256 of every file)
+    # and the same SASRec settings.
+    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
+    key = {"manifest_sha256": manifest_sha, "task": data.task, "sasrec": vars(cfg.sasrec)}
     if path is not None and (path / "config.json").is_file():
         meta = json.loads((path / "config.json").read_text()).get("meta", {})
         if meta.get("key") == json.loads(json.dumps(key)):
@@ -373,6 +371,10 @@ def run_evaluation(
 
 
 def _task_dir(cfg: RunConfig) -> str:
+    if cfg.data.split == "global" and cfg.data.task != "ctr":
+        raise ConfigError(
+            "data.split: global is a split of the ctr task only (next_item splits per user)"
+        )
     return cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
 
 

@@ -1,0 +1,51 @@
+# lorarec: `make demo` runs the main job, `make test` runs lint and every test.
+# Both create .venv and install what they need on a fresh machine with only Python present.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests need (Prometheus for the monitoring integration test).
+DEBS   := prometheus
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install debs lint format unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first, pinned, so nothing pulls a CUDA build (GPU: see README).
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+debs:
+	@missing=""; for d in $(DEBS); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) debs lint
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not distributed"
+
+demo: $(STAMP)
+	$(BIN)/lorarec fetch ml-100k smollm2-135m
+	$(BIN)/lorarec data prepare ml-100k --out runs/data/ml-100k
+	$(BIN)/lorarec eval configs/demo.yaml --llm
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
