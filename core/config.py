@@ -108,6 +108,60 @@ class EvalConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (``lorarec train``)."""
+
+    adapter: Literal["lora"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    micro_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (null: run ``epochs`` epochs)."""
+    max_samples: int | None = None
+    """Train on a fixed seeded subset of this many training samples (Few2Many); null: all."""
+    max_length: int = 1024
+    """Longest tokenised prompt + answer; longer prompts lose their oldest history items."""
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at ``lr * min_lr_ratio``."""
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    evaluate: bool = True
+    """Evaluate the exported adapter on ``eval.split`` at the end."""
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "zero3"
+    """A name in ``ds_configs/`` (zero2, zero3, zero3_offload, and ``_bf16`` variants) or a path."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Keys merged into the DeepSpeed config, dotted paths allowed
+    (``zero_optimization.stage3_param_persistence_threshold: 0``)."""
+
+
+@dataclass
+class LaunchConfig:
+    ranks_per_node: int = 2
+    """Processes per node: GPUs on a GPU node; on a CPU machine, 2 by default."""
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    master_port: int = 29500
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out: str | None = None
@@ -116,6 +170,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -177,6 +177,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from lorarec.core.config import load_config
+    from lorarec.core.io import write_json_atomic, write_text_atomic
+    from lorarec.launch import train as T
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    cfg = load_config(args.config, overrides)
+    if args.resume and not (cfg.run_dir / "config.yaml").is_file():
+        raise UsageError(f"--resume: {cfg.run_dir} holds no run to resume (no config.yaml)")
+    opts = T.LaunchOptions(
+        resume=args.resume,
+        hostfile=args.hostfile,
+        include=args.include,
+        exclude=args.exclude,
+        launcher=args.launcher,
+        no_ssh=args.no_ssh,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        num_nodes=args.num_nodes,
+    )
+    # Check everything the ranks will need before starting them.
+    from lorarec.data.prepared import PreparedData
+    from lorarec.trainer.backbone import resolve_backbone
+    from lorarec.trainer.distributed import build_ds_config
+
+    task = cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
+    PreparedData.open(cfg.data.dir, task)
+    resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
+    build_ds_config(cfg, 1)
+    if args.dry_run:
+        env = T.rank_environment(cfg)
+        print(
+            T.format_command(
+                T.launcher_command(cfg, cfg.run_dir.resolve() / "config.yaml", opts), env
+            )
+        )
+        return 0
+    run_dir, config_path, env = T.prepare_run_dir(cfg)
+    cmd = T.launcher_command(cfg, config_path, opts)
+    print(T.format_command(cmd, env), flush=True)
+    start = time.perf_counter()
+    rc = T.run_launcher(cmd, env, run_dir)
+    if rc != 0:
+        print(
+            f"lorarec: error: training failed (launcher exit code {rc}); run directory {run_dir}",
+            file=sys.stderr,
+        )
+        return rc
+    print(f"trained in {time.perf_counter() - start:.0f} s; adapter: {run_dir / 'adapter'}")
+    if cfg.train.evaluate and (opts.node_rank in (None, 0)):
+        from lorarec.trainer.evaluate import results_table, run_evaluation
+
+        results = run_evaluation(cfg, llm=True, adapter=str(run_dir / "adapter"), progress=True)
+        table = results_table(results)
+        write_json_atomic(run_dir / "results.json", results)
+        write_text_atomic(run_dir / "results.md", table + "\n")
+        print(table)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from lorarec.core.config import dump_config, load_config
 
@@ -242,6 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
+    t = sub.add_parser(
+        "train", help="train with the deepspeed launcher, export the adapter, evaluate"
+    )
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.add_argument("--out", help="run directory (default runs/<name>)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint of the run directory",
+    )
+    t.add_argument("--dry-run", action="store_true", help="print the launcher command and exit")
+    t.add_argument("--hostfile", help="DeepSpeed hostfile ('HOST slots=N' lines)")
+    t.add_argument("--include", help="hosts/slots to use (deepspeed --include)")
+    t.add_argument("--exclude", help="hosts/slots to leave out (deepspeed --exclude)")
+    t.add_argument("--launcher", choices=["pdsh", "openmpi", "slurm", "mvapich", "mpich", "impi"])
+    t.add_argument("--num-nodes", type=int)
+    t.add_argument(
+        "--no-ssh",
+        action="store_true",
+        help="one launcher per node, started by the node's scheduler",
+    )
+    t.add_argument("--node-rank", type=int)
+    t.add_argument("--master-addr")
+    t.add_argument("--master-port", type=int)
+    t.set_defaults(func=cmd_train)
+
     c = sub.add_parser("config", help="inspect run configs").add_subparsers(
         dest="config_verb", required=True, metavar="VERB"
     )
@@ -254,7 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`--out D train.lr=1e-4`), which argparse
+    # leaves over: take them as overrides of the verbs that have some.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

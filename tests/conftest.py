@@ -9,8 +9,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import pytest  # noqa: E402
 
 from lorarec.core import assets  # noqa: E402
-from lorarec.data.prepare import PrepareOptions, prepare  # noqa: E402
-from lorarec.data.sources import read_ml100k  # noqa: E402
+from lorarec.launch.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +21,7 @@ def ml100k_raw():
 
 @pytest.fixture(scope="session")
 def ml100k_prepared(ml100k_raw, tmp_path_factory):
-    """ML-100K prepared with the default options (all three tasks)."""
+    """ML-100K prepared by `lorarec data prepare ml-100k` with the default options."""
     out = tmp_path_factory.mktemp("ml100k") / "prepared"
-    prepare(read_ml100k(ml100k_raw), out, PrepareOptions(), "ml-100k")
+    assert main(["data", "prepare", "ml-100k", "--out", str(out)]) == 0
     return out

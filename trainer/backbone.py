@@ -55,10 +55,42 @@ def tiny_config(tiny: TinyBackboneConfig, vocab_size: int):
     )
 
 
-def resolve_backbone(spec: str) -> str | Path:
-    """``tiny-random``, a directory to load from, or a hub name (returned unchanged)."""
+def tiny_backbone_dir(tiny: TinyBackboneConfig) -> Path:
+    """The tiny random backbone, materialised once per shape and seed in the cache as a
+    Hugging Face directory (safetensors + tokenizer), so that every process that loads it (ranks
+    under any ZeRO stage, evaluation, tests) gets the same weights the same way."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from lorarec.core.assets import lorarec_home
+    from lorarec.core.io import atomic_path
+
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(tiny), sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+    path = lorarec_home() / "tiny" / key
+    if (path / "config.json").is_file():
+        return path
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = byte_level_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(tiny.seed)
+        model = AutoModelForCausalLM.from_config(
+            tiny_config(tiny, len(tokenizer)), dtype=torch.float32
+        )
+    with atomic_path(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return path
+
+
+def resolve_backbone(spec: str, tiny: TinyBackboneConfig | None = None) -> Path | str:
+    """A directory to load from, or a hub name (returned unchanged). ``tiny-random`` resolves
+    to its materialised directory (created on first use)."""
     if spec == TINY:
-        return TINY
+        return tiny_backbone_dir(tiny or TinyBackboneConfig())
     if spec in ASSETS:
         if ASSETS[spec].kind != "backbone":
             raise AssetError(f"asset {spec!r} is a {ASSETS[spec].kind}, not a backbone")
@@ -74,9 +106,7 @@ def resolve_backbone(spec: str) -> str | Path:
 
 
 def load_tokenizer(model_cfg: ModelConfig):
-    source = resolve_backbone(model_cfg.backbone)
-    if source == TINY:
-        return byte_level_tokenizer()
+    source = resolve_backbone(model_cfg.backbone, model_cfg.tiny)
     from transformers import AutoTokenizer
 
     try:
@@ -92,20 +122,14 @@ def load_tokenizer(model_cfg: ModelConfig):
 
 def load_backbone(model_cfg: ModelConfig, **kwargs: Any):
     """(model, tokenizer) for ``model_cfg.backbone`` in ``model_cfg.dtype``, in eval mode."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     dtype = DTYPES[model_cfg.dtype]
     tokenizer = load_tokenizer(model_cfg)
-    source = resolve_backbone(model_cfg.backbone)
-    if source == TINY:
-        config = tiny_config(model_cfg.tiny, len(tokenizer))
-        with torch.random.fork_rng():
-            torch.manual_seed(model_cfg.tiny.seed)
-            model = LlamaForCausalLM(config).to(dtype)
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-        except OSError as exc:
-            raise AssetError(f"backbone {model_cfg.backbone!r}: cannot load ({exc})") from None
+    source = resolve_backbone(model_cfg.backbone, model_cfg.tiny)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as exc:
+        raise AssetError(f"backbone {model_cfg.backbone!r}: cannot load ({exc})") from None
     model.eval()
     return model, tokenizer

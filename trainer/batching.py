@@ -1,0 +1,90 @@
+"""Samples -> token tensors for training: the prompt, then the answer; loss on the answer only.
+
+The answer is the target's title (``next_item``) or `` Yes``/`` No`` (``ctr``), followed by the
+end-of-sequence token. Prompts that do not fit ``max_length`` lose their oldest history items
+until they do (the candidates are never cut).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lorarec.trainer.prompts import CTR_ANSWERS, answer_text, ctr_prompt, encode, next_item_prompt
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+class ExampleBuilder:
+    def __init__(
+        self, tokenizer, titles: list[str], task: str, history_short: int, max_length: int
+    ):
+        self.tokenizer = tokenizer
+        self.titles = titles
+        self.ctr = task.startswith("ctr")
+        self.history_short = history_short
+        self.max_length = max_length
+        self.eos = tokenizer.eos_token_id
+        self._answer_cache: dict[int | str, list[int]] = {}
+
+    def answer_ids(self, sample: dict) -> list[int]:
+        key = CTR_ANSWERS[1 - sample["label"]] if self.ctr else sample["target"]
+        if key not in self._answer_cache:
+            text = key if self.ctr else answer_text(self.titles[key])
+            self._answer_cache[key] = encode(self.tokenizer, text) + [self.eos]
+        return self._answer_cache[key]
+
+    def num_answer_tokens(self, sample: dict) -> int:
+        return len(self.answer_ids(sample))
+
+    def build(self, sample: dict) -> Example:
+        answer = self.answer_ids(sample)
+        render = ctr_prompt if self.ctr else next_item_prompt
+        for keep in range(self.history_short, 0, -1):
+            prompt = encode(self.tokenizer, render(sample, self.titles, keep))
+            if len(prompt) + len(answer) <= self.max_length:
+                return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
+        raise ValueError(
+            f"sample {sample['key']}: the prompt does not fit train.max_length={self.max_length} even with one history item"
+        )
+
+
+def collate(
+    examples: list[Example], pad_id: int, weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels``; ``weights`` (0 or 1 per
+    example) zero the labels of placeholder examples."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros(len(examples), width, dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        mask[row, :n] = 1
+        if weights is None or weights[row] > 0:
+            labels[row, :n] = torch.tensor(e.labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def answer_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over answer tokens (next-token prediction)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )

@@ -1,0 +1,143 @@
+"""The training sample stream: every sample of an epoch exactly once across all ranks.
+
+Order of epoch ``e``: the train shards in a permutation seeded by ``(seed, e)``, and the samples
+of each shard in a permutation seeded by ``(seed, e, shard)``. A shard is read whole (one
+``shard_size`` of samples in memory at a time), never the whole split.
+
+Every rank reads the same stream and takes its own part of each optimizer step: a step covers
+``G = world * accum * micro`` consecutive samples, cut into ``world * accum`` micro-batch slots;
+rank ``r`` runs slots ``m * world + r`` for ``m = 0..accum-1``. The assignment does not depend on
+how ``G`` is split between ranks and accumulation, so world size 1 with 2 accumulation steps
+sees the same micro-batches as world size 2 with 1. The last step of an epoch holds the
+remaining ``R < G`` samples, spread over the slots; a slot left empty gets a zero-weight
+placeholder, so no sample is dropped or repeated and every rank still takes part in each step.
+
+The position saved in a checkpoint is ``(epoch, step in epoch)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class StepSlots:
+    """The samples of one optimizer step: every slot's samples (all ranks), for token counts,
+    and this rank's micro-batches."""
+
+    epoch: int
+    step_in_epoch: int
+    slots: list[list[dict]]
+    mine: list[list[dict]]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s) for s in self.slots)
+
+
+class TrainStream:
+    def __init__(
+        self,
+        shards: list[Path],
+        shard_size: int,
+        num_samples: int,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+        accumulation: int,
+        seed: int,
+        subset_size: int | None = None,
+    ):
+        if not shards:
+            raise ValueError("no training shards")
+        self.shards = list(shards)
+        self.rank, self.world = rank, world_size
+        self.micro, self.accum = micro_batch_size, accumulation
+        self.seed = seed
+        # Canonical index of sample j of shard k: k * shard_size + j.
+        self.shard_counts = [
+            min(shard_size, num_samples - k * shard_size) for k in range(len(self.shards))
+        ]
+        if sum(self.shard_counts) != num_samples or min(self.shard_counts) <= 0:
+            raise ValueError(
+                f"{len(self.shards)} shards of {shard_size} do not hold {num_samples} samples"
+            )
+        self.offsets = np.cumsum([0] + self.shard_counts[:-1])
+        # Few2Many: a fixed seeded subset of the canonical indices (the same every epoch).
+        if subset_size is not None and subset_size < num_samples:
+            keep = np.random.default_rng([seed, 7]).choice(
+                num_samples, size=subset_size, replace=False
+            )
+            self.mask = np.zeros(num_samples, dtype=bool)
+            self.mask[keep] = True
+        else:
+            self.mask = np.ones(num_samples, dtype=bool)
+        self.epoch_size = int(self.mask.sum())
+
+    @property
+    def slots_per_step(self) -> int:
+        return self.world * self.accum
+
+    @property
+    def global_batch(self) -> int:
+        return self.slots_per_step * self.micro
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.epoch_size // self.global_batch)
+
+    def _epoch_samples(self, epoch: int, skip: int) -> Iterator[dict]:
+        """Samples of ``epoch`` in order, after skipping the first ``skip`` of them."""
+        import webdataset as wds
+
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        for k in order.tolist():
+            lo = self.offsets[k]
+            keep = np.flatnonzero(self.mask[lo : lo + self.shard_counts[k]])
+            if skip >= len(keep):  # the whole shard was consumed before the resume point
+                skip -= len(keep)
+                continue
+            raw: list[bytes | None] = [None] * self.shard_counts[k]
+            # Every rank reads the whole shard and keeps its own slots (see the module doc), so
+            # the shard list is not split between nodes.
+            shard = wds.WebDataset(
+                str(self.shards[k]), shardshuffle=False, nodesplitter=_every_node
+            )
+            for j, item in enumerate(shard):
+                raw[j] = item["json"]
+            perm = np.random.default_rng([self.seed, epoch, k]).permutation(keep)
+            for j in perm[skip:].tolist():
+                yield json.loads(raw[j])
+            skip = 0
+
+    def steps(self, epoch: int, start_step: int = 0) -> Iterator[StepSlots]:
+        """The steps of ``epoch`` from ``start_step`` on."""
+        stream = self._epoch_samples(epoch, start_step * self.global_batch)
+        for step in range(start_step, self.steps_per_epoch):
+            remaining = self.epoch_size - step * self.global_batch
+            n = min(self.global_batch, remaining)
+            batch = [next(stream) for _ in range(n)]
+            slots = _split(batch, self.slots_per_step)
+            mine = [slots[m * self.world + self.rank] for m in range(self.accum)]
+            yield StepSlots(epoch, step, slots, mine)
+
+
+def _every_node(urls):
+    return urls
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """Contiguous split into ``parts`` slots whose sizes differ by at most one."""
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for j in range(parts):
+        size = base + (1 if j < extra else 0)
+        out.append(items[start : start + size])
+        start += size
+    return out

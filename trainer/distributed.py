@@ -1,0 +1,261 @@
+"""Every DeepSpeed detail of lorarec, behind one object (:class:`DeepSpeedStrategy`).
+
+* the DeepSpeed config: a file of ``ds_configs/`` (or a path) + the run's overrides + the values
+  the run decides (batch sizes, clipping, optimizer, bf16);
+* process-group start (gloo on the CPU, nccl on GPUs);
+* the backbone created partitioned under ZeRO-3 (``HfDeepSpeedConfig`` kept alive around
+  ``from_pretrained``; ``deepspeed.zero.Init`` for configs built from scratch);
+* ``deepspeed.initialize``, checkpoint save/load, gathering of trainable parameters.
+
+The training loop reads the same whatever the ZeRO stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorarec.core.config import RunConfig
+from lorarec.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+CHECKPOINT_MARKER = "COMPLETE"
+
+
+def ds_config_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"deepspeed.config: {path} not found")
+        return path
+    path = DS_CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
+        raise ConfigError(
+            f"deepspeed.config: unknown config {name!r} (shipped: {', '.join(known)})"
+        )
+    return path
+
+
+def _set_dotted(cfg: dict, key: str, value: Any) -> None:
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        for k, v in value.items():
+            _set_dotted(node[parts[-1]], k, v)
+    else:
+        node[parts[-1]] = value
+
+
+def build_ds_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+    """The complete DeepSpeed config of a run (no "auto" values left)."""
+    path = ds_config_path(cfg.deepspeed.config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for key, value in cfg.deepspeed.overrides.items():
+        _set_dotted(ds, key, copy.deepcopy(value))
+    t = cfg.train
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = t.gradient_accumulation_steps
+    ds["train_batch_size"] = t.micro_batch_size * t.gradient_accumulation_steps * world_size
+    ds["gradient_clipping"] = t.max_grad_norm
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    ds["optimizer"] = {
+        "type": "AdamW",
+        "params": {
+            "lr": t.lr,
+            "betas": list(t.betas),
+            "eps": 1e-8,
+            "weight_decay": t.weight_decay,
+            "torch_adam": True,
+        },
+    }
+    bf16 = bool(ds.get("bf16", {}).get("enabled", False))
+    if cfg.model.dtype == "bfloat16" and not bf16:
+        ds["bf16"] = {"enabled": True}
+    elif bf16 and cfg.model.dtype != "bfloat16":
+        raise ConfigError(
+            f"deepspeed.config {cfg.deepspeed.config} trains in bf16 but model.dtype is {cfg.model.dtype}; "
+            "set model.dtype: bfloat16"
+        )
+    if cfg.model.dtype == "float16":
+        ds["fp16"] = {"enabled": True}
+    return ds
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+class DeepSpeedStrategy:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.engine = None
+        self._hf_ds_config = None  # must stay alive while ZeRO-3 models are loaded
+
+    # ----------------------------------------------------------------- processes
+
+    def init_distributed(self) -> None:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        backend = get_accelerator().communication_backend_name()
+        deepspeed.init_distributed(dist_backend=backend)
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(get_accelerator().device_name(self.local_rank))
+        if self.device.type != "cpu":
+            get_accelerator().set_device(self.local_rank)
+        self.ds_config = build_ds_config(self.cfg, self.world_size)
+        log.info("rank %d/%d on %s, backend %s", self.rank, self.world_size, self.device, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(
+            values, dtype=torch.float64, device=self.device if self.device.type != "cpu" else "cpu"
+        )
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def shutdown(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    # -------------------------------------------------------------------- model
+
+    def load_backbone(self):
+        """(model, tokenizer), partitioned across ranks at creation under ZeRO-3."""
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from lorarec.trainer.backbone import DTYPES, load_tokenizer, resolve_backbone
+
+        m = self.cfg.model
+        tokenizer = load_tokenizer(m)
+        source = resolve_backbone(m.backbone, m.tiny)
+        if zero_stage(self.ds_config) == 3:
+            # Kept alive: while it exists, transformers creates the model partitioned across
+            # ranks (deepspeed.zero.Init) and loads each tensor straight into its partitions.
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[m.dtype])
+        return model, tokenizer
+
+    def initialize(self, model, lr_lambda):
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def scheduler(optimizer):
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=params, config=self.ds_config, lr_scheduler=scheduler
+        )
+        return self.engine
+
+    # ----------------------------------------------------------------- memory
+
+    @staticmethod
+    def parameter_bytes(model) -> int:
+        """Bytes of parameters held by this rank (a ZeRO-3 partition counts as its shard)."""
+        total = 0
+        for p in model.parameters():
+            t = getattr(p, "ds_tensor", None)
+            t = p if t is None else t
+            total += t.numel() * t.element_size()
+        return total
+
+    # ---------------------------------------------------------------- gathering
+
+    @contextmanager
+    def gathered(self, params):
+        """Full values of ``params`` on every rank (all ranks must enter)."""
+        if zero_stage(self.ds_config) == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    # -------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, root: Path, tag: str, state: dict[str, Any], keep: int) -> None:
+        """Save ``tag`` under ``root``; ``root/latest`` moves to it only once every rank is done,
+        so a crash during a save leaves the previous checkpoint in use."""
+        from safetensors.torch import save_file
+
+        from lorarec.core.io import write_json_atomic, write_text_atomic
+
+        self.engine.save_checkpoint(
+            str(root), tag=tag, exclude_frozen_parameters=True, save_latest=False
+        )
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["torch_cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(root / tag / f"rng_rank{self.rank:05d}.safetensors"))
+        self.barrier()
+        if self.is_main:
+            write_json_atomic(root / tag / "trainer_state.json", state)
+            (root / tag / CHECKPOINT_MARKER).write_text("")
+            write_text_atomic(root / "latest", tag + "\n")
+            complete = sorted(
+                p for p in root.iterdir() if p.is_dir() and (p / CHECKPOINT_MARKER).exists()
+            )
+            for old in complete[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+            for partial in (
+                p
+                for p in root.iterdir()
+                if p.is_dir() and not (p / CHECKPOINT_MARKER).exists() and p.name != tag
+            ):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.barrier()
+
+    @staticmethod
+    def latest_checkpoint(root: Path) -> str | None:
+        latest = root / "latest"
+        if not latest.is_file():
+            return None
+        tag = latest.read_text().strip()
+        return tag if (root / tag / CHECKPOINT_MARKER).is_file() else None
+
+    def load_checkpoint(self, root: Path, tag: str) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        path, _ = self.engine.load_checkpoint(
+            str(root),
+            tag=tag,
+            load_module_strict=False,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+        rng = load_file(str(root / tag / f"rng_rank{self.rank:05d}.safetensors"))
+        torch.set_rng_state(rng["torch_cpu"])
+        if "torch_cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["torch_cuda"])
+        return json.loads((root / tag / "trainer_state.json").read_text())

@@ -1,0 +1,407 @@
+"""LoRA fine-tuning of an LLM recommender under DeepSpeed: the recipe, one rank's view.
+
+Read top to bottom, in the order the job runs:
+
+* ``setup``: process group, prepared data, backbone (partitioned under ZeRO-3), adapter,
+  DeepSpeed engine with AdamW and warm-up + cosine LR, resume from the newest checkpoint;
+* ``train``: steps over the webdataset stream (each sample once per epoch across ranks), loss
+  on answer tokens normalised by the step's answer-token count over all ranks, so that the
+  loss does not depend on how the global batch is split; per-step JSONL log and progress bar;
+* ``save_checkpoint``: every ``train.checkpoint_every`` steps and at the end, with the data
+  position and RNG state;
+* ``export``: trainable parameters gathered on every rank, rank 0 writes the PEFT adapter;
+* ``cleanup``: loss plot, summary, process group down.
+
+Config keys: ``train.*`` (loop, LoRA), ``deepspeed.*`` (ZeRO config), ``model.*``, ``data.*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorarec.core.config import RunConfig
+from lorarec.data.prepared import PreparedData
+from lorarec.trainer.batching import ExampleBuilder, answer_token_loss_sum, collate
+from lorarec.trainer.data_stream import TrainStream
+from lorarec.trainer.distributed import DeepSpeedStrategy
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a large matmul on this rank, the MFU denominator."""
+    n = 1024
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b  # warm-up
+    iters, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        iters += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - start)
+
+
+def process_memory() -> dict[str, int]:
+    """Resident and peak resident bytes of this process (and device bytes on a GPU)."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out["rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"] = (
+                    int(line.split()[1]) * 1024
+                )
+    if torch.cuda.is_available():
+        out["device_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+class LoraRecipe:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.resume = resume
+        self.strategy = DeepSpeedStrategy(cfg)
+        self.ckpt_dir = run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        cfg, s = self.cfg, self.strategy
+        s.init_distributed()
+        torch.manual_seed(cfg.train.seed)
+        task = cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
+        self.data = PreparedData.open(cfg.data.dir, task)
+        model, self.tokenizer = s.load_backbone()
+        self.param_bytes_backbone = s.parameter_bytes(model)
+        model = self.attach_adapter(model)
+        self.model = model
+        self.builder = ExampleBuilder(
+            self.tokenizer, self.data.titles, task, cfg.data.history_short, cfg.train.max_length
+        )
+        n_train = self.data.manifest["tasks"][task]["samples"]["train"]
+        self.stream = TrainStream(
+            self.data.shards("train"),
+            self.data.manifest["options"]["shard_size"],
+            n_train,
+            rank=s.rank,
+            world_size=s.world_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            accumulation=cfg.train.gradient_accumulation_steps,
+            seed=cfg.train.seed,
+            subset_size=cfg.train.max_samples,
+        )
+        per_epoch = self.stream.steps_per_epoch
+        self.total_steps = per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        t = cfg.train
+        self.engine = s.initialize(
+            model, lambda step: lr_factor(step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
+        )
+        self.param_bytes = s.parameter_bytes(self.engine.module)
+        self.n_params, self.n_trainable = _count_params(self.engine.module)
+        self.flops_per_token = 4 * (self.n_params - self.n_trainable) + 6 * self.n_trainable
+        self.peak_flops = measure_matmul_peak(next(self.engine.module.parameters()).dtype, s.device)
+        self.global_step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.samples_seen = self.tokens_seen = 0
+        if self.resume:
+            tag = s.latest_checkpoint(self.ckpt_dir)
+            if tag is None:
+                log.warning(
+                    "--resume: no complete checkpoint in %s; starting from the beginning",
+                    self.ckpt_dir,
+                )
+            else:
+                state = s.load_checkpoint(self.ckpt_dir, tag)
+                self.global_step, self.epoch, self.step_in_epoch = (
+                    state["global_step"],
+                    state["epoch"],
+                    state["step_in_epoch"],
+                )
+                self.samples_seen, self.tokens_seen = state["samples_seen"], state["tokens_seen"]
+                if s.is_main:
+                    log.info("resumed from %s (step %d)", tag, self.global_step)
+        if s.is_main:
+            self.metrics_path = self.run_dir / "metrics.jsonl"
+            _truncate_log(self.metrics_path, self.global_step)
+            log.info(
+                "%d steps (%d per epoch, global batch %d), %s parameters, %s trainable",
+                self.total_steps,
+                per_epoch,
+                self.stream.global_batch,
+                f"{self.n_params:,}",
+                f"{self.n_trainable:,}",
+            )
+
+    def attach_adapter(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        lc = self.cfg.train.lora
+        torch.manual_seed(self.cfg.train.seed)  # the same adapter initialisation on every rank
+        peft_cfg = LoraConfig(
+            r=lc.rank,
+            lora_alpha=lc.alpha,
+            lora_dropout=lc.dropout,
+            target_modules=list(lc.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, peft_cfg)
+
+    # ------------------------------------------------------------------- train
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        s, cfg = self.strategy, self.cfg
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc="train",
+            disable=not s.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        self.engine.train()
+        done = self.global_step >= self.total_steps
+        while not done and self.epoch < cfg.train.epochs:
+            wait_start = time.perf_counter()
+            for step in self.stream.steps(self.epoch, self.step_in_epoch):
+                record = self.train_step(step, wait_start)
+                self.global_step += 1
+                self.step_in_epoch = step.step_in_epoch + 1
+                if self.step_in_epoch == self.stream.steps_per_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                if s.is_main:
+                    with open(self.metrics_path, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
+                    )
+                    bar.update(1)
+                done = self.global_step >= self.total_steps
+                if self.global_step % cfg.train.checkpoint_every == 0 and not done:
+                    self.save_checkpoint()
+                if done:
+                    break
+                wait_start = time.perf_counter()
+        bar.close()
+        self.save_checkpoint()
+
+    def train_step(self, step, since: float) -> dict[str, Any]:
+        """One optimizer step; ``since`` is when the previous step ended, so the step's time
+        includes waiting for its data."""
+        s = self.strategy
+        data_wait = time.perf_counter() - since
+        # Answer tokens of the whole step (all ranks): every rank knows every slot's samples.
+        step_answer_tokens = sum(
+            self.builder.num_answer_tokens(x) for slot in step.slots for x in slot
+        )
+        scale = s.world_size * self.stream.accum / step_answer_tokens
+        build_start = time.perf_counter()
+        batches = []
+        for micro in step.mine:
+            if micro:
+                batches.append(
+                    collate([self.builder.build(x) for x in micro], self.tokenizer.pad_token_id)
+                )
+            else:  # an empty slot of the last step: a zero-weight placeholder keeps the ranks in step
+                batches.append(
+                    collate(
+                        [self.builder.build(step.slots[0][0])],
+                        self.tokenizer.pad_token_id,
+                        weights=[0.0],
+                    )
+                )
+        data_wait += time.perf_counter() - build_start
+        loss_sum = tokens = 0.0
+        for batch in batches:
+            batch = {k: v.to(s.device) for k, v in batch.items()}
+            logits = self.engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            micro_loss = answer_token_loss_sum(logits, batch["labels"])
+            self.engine.backward(micro_loss * scale)
+            self.engine.step()
+            loss_sum += float(micro_loss.detach())
+            tokens += float(batch["attention_mask"].sum())
+        grad_norm = self.engine.get_global_grad_norm()
+        loss_total, tokens_total = s.all_reduce_sum([loss_sum, tokens])
+        seconds = time.perf_counter() - since
+        self.samples_seen += step.num_samples
+        self.tokens_seen += int(tokens_total)
+        tokens_per_s = tokens_total / seconds
+        return {
+            "step": self.global_step + 1,
+            "epoch": step.epoch,
+            "loss": loss_total / step_answer_tokens,
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples": step.num_samples,
+            "tokens": int(tokens_total),
+            "answer_tokens": step_answer_tokens,
+            "step_seconds": seconds,
+            "data_wait_seconds": data_wait,
+            "tokens_per_s": tokens_per_s,
+            "samples_per_s": step.num_samples / seconds,
+            "mfu": tokens_per_s / s.world_size * self.flops_per_token / self.peak_flops,
+            "param_bytes_per_rank": self.param_bytes,
+            **process_memory(),
+        }
+
+    # ------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> None:
+        start = time.perf_counter()
+        state = {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.strategy.world_size,
+        }
+        tag = f"step-{self.global_step:08d}"
+        if self.strategy.latest_checkpoint(self.ckpt_dir) == tag:
+            return
+        self.strategy.save_checkpoint(self.ckpt_dir, tag, state, self.cfg.train.keep_checkpoints)
+        if self.strategy.is_main:
+            log.info("checkpoint %s (%.1f s)", tag, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self) -> None:
+        """Gather the trainable parameters on every rank; rank 0 writes the PEFT adapter, and the
+        logits of a fixed probe batch (to check the export against the trained model)."""
+        from safetensors.torch import save_file
+
+        from lorarec.core.io import atomic_path
+
+        s = self.strategy
+        module = self.engine.module
+        module.eval()
+        probe_samples = self.data.samples("test")[:2]
+        probe = collate([self.builder.build(x) for x in probe_samples], self.tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = self.engine(
+                input_ids=probe["input_ids"].to(s.device),
+                attention_mask=probe["attention_mask"].to(s.device),
+            ).logits
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        with s.gathered(trainable):
+            if s.is_main:
+                with atomic_path(self.run_dir / "adapter") as tmp:
+                    module.save_pretrained(str(tmp))
+                    weights = tmp / "adapter_model.safetensors"
+                    if not weights.is_file() or weights.stat().st_size < 1024:
+                        raise RuntimeError(
+                            f"adapter export wrote {weights.stat().st_size if weights.exists() else 0} bytes"
+                        )
+                save_file(
+                    {
+                        "input_ids": probe["input_ids"],
+                        "attention_mask": probe["attention_mask"],
+                        "logits": logits.float().cpu().contiguous(),
+                    },
+                    str(self.run_dir / "probe.safetensors"),
+                )
+        s.barrier()
+
+    # ----------------------------------------------------------------- cleanup
+
+    def cleanup(self) -> None:
+        s = self.strategy
+        if s.is_main:
+            from lorarec.core.io import write_json_atomic
+
+            records = [
+                json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()
+            ]
+            write_json_atomic(
+                self.run_dir / "train_summary.json",
+                {
+                    "steps": self.global_step,
+                    "samples": self.samples_seen,
+                    "tokens": self.tokens_seen,
+                    "world_size": s.world_size,
+                    "parameters": self.n_params,
+                    "trainable_parameters": self.n_trainable,
+                    "param_bytes_per_rank": self.param_bytes,
+                    "backbone_param_bytes_per_rank": self.param_bytes_backbone,
+                    "final_loss": records[-1]["loss"] if records else None,
+                    "mean_tokens_per_s": sum(r["tokens_per_s"] for r in records)
+                    / max(1, len(records)),
+                    "zero_stage": int(s.ds_config.get("zero_optimization", {}).get("stage", 0)),
+                    "peak_matmul_flops_per_rank": self.peak_flops,
+                },
+            )
+            plot_loss(records, self.run_dir / "loss.png")
+        s.shutdown()
+
+
+def _count_params(model) -> tuple[int, int]:
+    total = trainable = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", None) or p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return total, trainable
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resumed run rewrites what came after)."""
+    from lorarec.core.io import write_text_atomic
+
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def plot_loss(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def recipe_main(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    recipe = LoraRecipe(cfg, run_dir, resume)
+    recipe.setup()
+    recipe.train()
+    recipe.export()
+    recipe.cleanup()
