@@ -142,6 +142,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     evaluate: bool = True
     """Evaluate the exported adapter on ``eval.split`` at the end."""
+    log_samples: bool = False
+    """Write the sample keys of every step to ``RUN_DIR/samples.jsonl`` (audits data order)."""
 
 
 @dataclass

@@ -141,7 +141,9 @@ class LoraRecipe:
                     log.info("resumed from %s (step %d)", tag, self.global_step)
         if s.is_main:
             self.metrics_path = self.run_dir / "metrics.jsonl"
+            self.samples_path = self.run_dir / "samples.jsonl"
             _truncate_log(self.metrics_path, self.global_step)
+            _truncate_log(self.samples_path, self.global_step)
             log.info(
                 "%d steps (%d per epoch, global batch %d), %s parameters, %s trainable",
                 self.total_steps,
@@ -192,6 +194,15 @@ class LoraRecipe:
                 if s.is_main:
                     with open(self.metrics_path, "a") as fh:
                         fh.write(json.dumps(record) + "\n")
+                    if cfg.train.log_samples:
+                        keys = [[x["key"] for x in slot] for slot in step.slots]
+                        with open(self.samples_path, "a") as fh:
+                            fh.write(
+                                json.dumps(
+                                    {"step": record["step"], "epoch": step.epoch, "slots": keys}
+                                )
+                                + "\n"
+                            )
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
                     )

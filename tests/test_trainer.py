@@ -1,0 +1,275 @@
+"""The trainer through `lorarec train`: the real deepspeed launcher, gloo, ZeRO-3, tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorarec.core.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+ROOT = Path(__file__).resolve().parents[1]
+LORAREC = str(Path(sys.executable).parent / "lorarec")
+FAST = ["train.evaluate=false", "train.lr=5e-3", "train.warmup_steps=1", "train.micro_batch_size=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cmd(data_dir, run_dir, *overrides, extra=()):
+    return [
+        LORAREC,
+        "train",
+        str(ROOT / "configs/tiny.yaml"),
+        f"data.dir={data_dir}",
+        "--out",
+        str(run_dir),
+        f"launch.master_port={free_port()}",
+        *FAST,
+        *overrides,
+        *extra,
+    ]
+
+
+def run_train(data_dir, run_dir, *overrides, extra=(), timeout=600):
+    proc = subprocess.run(
+        train_cmd(data_dir, run_dir, *overrides, extra=extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def losses(run_dir) -> list[float]:
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_two_rank_zero3_run_trains_exports_and_evaluates(ml100k_prepared, tmp_path):
+    run = tmp_path / "run"
+    proc = run_train(
+        ml100k_prepared,
+        run,
+        "train.max_steps=12",
+        "train.checkpoint_every=5",
+        "train.evaluate=true",
+        "eval.baselines=[popularity]",
+        "eval.llm_limit=4",
+        "eval.llm_methods=[likelihood]",
+        "eval.bootstrap=20",
+    )
+    assert (
+        "deepspeed" in proc.stdout.splitlines()[0] and "--num_gpus 2" in proc.stdout.splitlines()[0]
+    )
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "loss.png", "train_summary.json"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["zero_stage"] == 3 and summary["steps"] == 12
+    curve = losses(run)
+    assert len(curve) == 12
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 - 0.05  # the loss falls
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in (
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "samples_per_s",
+        "step_seconds",
+        "data_wait_seconds",
+        "mfu",
+        "rss_bytes",
+    ):
+        assert record[key] is not None, key
+    assert 0 < record["mfu"] < 1 and record["data_wait_seconds"] <= record["step_seconds"]
+    # checkpoints: the last K complete ones, `latest` names the newest
+    tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["step-00000010", "step-00000012"]
+    assert (run / "checkpoints/latest").read_text().strip() == "step-00000012"
+    # the exported adapter, loaded with stock PEFT onto the same backbone, gives the trained logits
+    from peft import PeftModel
+
+    from lorarec.trainer.backbone import load_backbone
+
+    cfg = load_config(run / "config.yaml")
+    backbone, _ = load_backbone(cfg.model)
+    probe = load_file(str(run / "probe.safetensors"))
+    mask = probe["attention_mask"].bool()
+    with torch.no_grad():
+        base = backbone(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+        model = PeftModel.from_pretrained(backbone, str(run / "adapter")).eval()
+        tuned = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    assert (tuned[mask] - probe["logits"][mask]).abs().max() <= 1e-4
+    assert (
+        base[mask] - probe["logits"][mask]
+    ).abs().max() > 1e-2  # the adapter did change the model
+    assert (run / "adapter/adapter_model.safetensors").stat().st_size > 10_000
+    results = json.loads((run / "results.json").read_text())
+    assert any("adapter" in name and "likelihood" in name for name in results["methods"])
+
+
+def test_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tmp_path):
+    # 42 samples, global batch 4: 11 steps an epoch (the last one holds 2 samples), 2 epochs.
+    common = [
+        "train.max_samples=42",
+        "train.epochs=2",
+        "train.checkpoint_every=4",
+        "train.log_samples=true",
+        "train.keep_checkpoints=3",
+    ]
+    straight = tmp_path / "straight"
+    run_train(ml100k_prepared, straight, *common)
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(
+        train_cmd(ml100k_prepared, crashed, *common),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    metrics = crashed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, at once
+    proc.wait()
+    tag = (crashed / "checkpoints/latest").read_text().strip()
+    resumed_from = int(tag.split("-")[1])
+    assert 4 <= resumed_from < 22
+    run_train(ml100k_prepared, crashed, *common, extra=["--resume"])
+    a, b = losses(straight), losses(crashed)
+    assert len(a) == len(b) == 22
+    nxt = slice(resumed_from, resumed_from + 5)
+    assert max(abs(x - y) for x, y in zip(a[nxt], b[nxt])) <= 1e-4
+    # every sample of each epoch exactly once, in the same order as the uninterrupted run
+    logs = [
+        [json.loads(line) for line in (r / "samples.jsonl").read_text().splitlines()]
+        for r in (straight, crashed)
+    ]
+    assert [x["slots"] for x in logs[0]] == [x["slots"] for x in logs[1]]
+    for epoch in (0, 1):
+        keys = [k for x in logs[1] if x["epoch"] == epoch for slot in x["slots"] for k in slot]
+        assert len(keys) == 42 and len(set(keys)) == 42
+    assert sorted(k for x in logs[1] if x["epoch"] == 0 for s in x["slots"] for k in s) == sorted(
+        k for x in logs[1] if x["epoch"] == 1 for s in x["slots"] for k in s
+    )
+
+
+def test_world_size_one_and_two_give_the_same_first_loss(ml100k_prepared, tmp_path):
+    one, two = tmp_path / "ws1", tmp_path / "ws2"
+    run_train(
+        ml100k_prepared,
+        one,
+        "train.max_steps=1",
+        "launch.ranks_per_node=1",
+        "train.gradient_accumulation_steps=2",
+    )
+    run_train(
+        ml100k_prepared,
+        two,
+        "train.max_steps=1",
+        "launch.ranks_per_node=2",
+        "train.gradient_accumulation_steps=1",
+    )
+    assert abs(losses(one)[0] - losses(two)[0]) <= 1e-4
+
+
+def test_zero3_partitions_parameters_across_ranks(ml100k_prepared, tmp_path):
+    shape = [
+        "model.tiny.hidden_size=256",
+        "model.tiny.intermediate_size=768",
+        "model.tiny.num_hidden_layers=4",
+        "deepspeed.overrides={zero_optimization.stage3_param_persistence_threshold: 0}",
+        "train.max_steps=1",
+    ]
+    one, two = tmp_path / "ws1", tmp_path / "ws2"
+    run_train(ml100k_prepared, one, *shape, "launch.ranks_per_node=1")
+    run_train(ml100k_prepared, two, *shape, "launch.ranks_per_node=2")
+    b1 = json.loads((one / "train_summary.json").read_text())["backbone_param_bytes_per_rank"]
+    b2 = json.loads((two / "train_summary.json").read_text())["backbone_param_bytes_per_rank"]
+    assert b2 <= 0.6 * b1, (b1, b2)
+
+
+def test_two_nodes_on_one_machine(ml100k_prepared, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.2 slots=1\n")
+    run = tmp_path / "run"
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        cmd = train_cmd(
+            ml100k_prepared,
+            run,
+            "train.max_steps=4",
+            "launch.ranks_per_node=1",
+            extra=[
+                "--hostfile",
+                str(hostfile),
+                "--no-ssh",
+                "--node-rank",
+                str(node),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+            ],
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+            )
+        )
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert (run / "adapter/adapter_model.safetensors").is_file()
+
+
+def test_dry_run_prints_the_launcher_command(ml100k_prepared, tmp_path):
+    out = subprocess.run(
+        train_cmd(ml100k_prepared, tmp_path / "run", extra=["--dry-run"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0
+    line = out.stdout.strip()
+    assert line.startswith("DS_ACCELERATOR=cpu") and "--module lorarec.trainer" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_hostfile_is_one_line_exit_2(ml100k_prepared, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\nnode-b slots=two\n")
+    out = subprocess.run(
+        train_cmd(ml100k_prepared, tmp_path / "run", extra=["--hostfile", str(hostfile)]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and f"{hostfile}:2:" in err[0] and "slots=N" in err[0]
