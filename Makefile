@@ -45,7 +45,7 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lorarec fetch ml-100k smollm2-135m
 	$(BIN)/lorarec data prepare ml-100k --out runs/data/ml-100k
-	$(BIN)/lorarec eval configs/demo.yaml --llm
+	$(BIN)/lorarec train configs/demo.yaml
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

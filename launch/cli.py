@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lorarec.core.errors import LorarecError, UsageError
@@ -209,6 +210,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     PreparedData.open(cfg.data.dir, task)
     resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
     build_ds_config(cfg, 1)
+    if args.resume and not args.hostfile:
+        from lorarec.trainer.distributed import DeepSpeedStrategy
+
+        ckpt = cfg.run_dir / "checkpoints"
+        tag = DeepSpeedStrategy.latest_checkpoint(ckpt)
+        if tag is not None:
+            written = json.loads((ckpt / tag / "trainer_state.json").read_text()).get("world_size")
+            if written != cfg.launch.ranks_per_node:
+                raise UsageError(
+                    f"--resume: {ckpt / tag} was written by {written} ranks, this run would start "
+                    f"{cfg.launch.ranks_per_node} (launch.ranks_per_node); resume with the same number"
+                )
     if args.dry_run:
         env = T.rank_environment(cfg)
         print(
@@ -345,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # Library deprecation notices (transformers, torch) are not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`--out D train.lr=1e-4`), which argparse
     # leaves over: take them as overrides of the verbs that have some.

@@ -175,6 +175,15 @@ def test_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tmp_path):
     assert sorted(k for x in logs[1] if x["epoch"] == 0 for s in x["slots"] for k in s) == sorted(
         k for x in logs[1] if x["epoch"] == 1 for s in x["slots"] for k in s
     )
+    # resuming with another number of ranks is refused up front, in one line
+    wrong = subprocess.run(
+        train_cmd(ml100k_prepared, crashed, *common, "launch.ranks_per_node=1", extra=["--resume"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert wrong.returncode == 2
+    assert len(wrong.stderr.strip().splitlines()) == 1 and "written by 2 ranks" in wrong.stderr
 
 
 def test_world_size_one_and_two_give_the_same_first_loss(ml100k_prepared, tmp_path):

@@ -245,6 +245,13 @@ class DeepSpeedStrategy:
     def load_checkpoint(self, root: Path, tag: str) -> dict[str, Any]:
         from safetensors.torch import load_file
 
+        state = json.loads((root / tag / "trainer_state.json").read_text())
+        if state.get("world_size") != self.world_size:
+            raise ConfigError(
+                f"{root / tag}: written by {state.get('world_size')} ranks, this run has {self.world_size}; "
+                "resume with the same number of ranks (a world-size change needs DeepSpeed's universal "
+                "checkpoint conversion, ds_to_universal.py)"
+            )
         path, _ = self.engine.load_checkpoint(
             str(root),
             tag=tag,
@@ -258,4 +265,4 @@ class DeepSpeedStrategy:
         torch.set_rng_state(rng["torch_cpu"])
         if "torch_cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["torch_cuda"])
-        return json.loads((root / tag / "trainer_state.json").read_text())
+        return state

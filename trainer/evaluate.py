@@ -388,6 +388,8 @@ COLUMNS = {
 
 def results_table(results: dict[str, Any]) -> str:
     cols = COLUMNS["ctr" if results["task"].startswith("ctr") else "next_item"]
+    # only the columns some method reports (ValidRatio comes with generation only)
+    cols = [c for c in cols if any(c in r["metrics"] for r in results["methods"].values())]
     head = f"{results['task']} / {results['split']} ({results['n_samples']} samples; 95% bootstrap intervals)"
     lines = [
         head,
