@@ -1,0 +1,1 @@
+"""GraphLoRA: graph message passing inside the LoRA pathway."""

@@ -1,0 +1,1 @@
+"""iLoRA: instance-wise mixture of LoRA experts gated by the user's behaviour sequence."""
