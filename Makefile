@@ -45,7 +45,7 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lorarec fetch ml-100k smollm2-135m
 	$(BIN)/lorarec data prepare ml-100k --out runs/data/ml-100k
-	$(BIN)/lorarec train configs/demo.yaml
+	$(BIN)/lorarec train configs/demo.yaml --out runs/demo/$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -210,6 +210,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     PreparedData.open(cfg.data.dir, task)
     resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
     build_ds_config(cfg, 1)
+    if not args.resume and (cfg.run_dir / "checkpoints" / "latest").is_file():
+        raise UsageError(
+            f"{cfg.run_dir} holds checkpoints of an earlier run; continue it with --resume or choose another --out"
+        )
     if args.resume and not args.hostfile:
         from lorarec.trainer.distributed import DeepSpeedStrategy
 

@@ -107,8 +107,31 @@ def test_eval_cli_writes_results_for_every_method(ml100k_prepared, tmp_path, cap
                 assert m["ci95"][0] <= m["value"] <= m["ci95"][1]
     assert "| sasrec | 943 |" in (run / "results.md").read_text()
     assert load_config(run / "config.yaml").eval.llm_limit == 4
-    # the trained SASRec is saved and reused by the next evaluation
-    assert (run / "sasrec" / "model.safetensors").is_file()
+    # the trained SASRec is cached for this data and these settings, and reused
+    from lorarec.data.prepared import PreparedData
+    from lorarec.trainer.evaluate import sasrec_cache_dir
+
+    cfg = load_config(run / "config.yaml")
+    cache, _ = sasrec_cache_dir(PreparedData.open(ml100k_prepared, "next_item"), cfg)
+    assert (cache / "model.safetensors").is_file()
+    stamp = (cache / "model.safetensors").stat().st_mtime_ns
+    assert (
+        main(
+            [
+                "eval",
+                "configs/tiny.yaml",
+                f"data.dir={ml100k_prepared}",
+                "sasrec.epochs=2",
+                "eval.baselines=[sasrec]",
+                "eval.bootstrap=10",
+                "--out",
+                str(tmp_path / "again"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (cache / "model.safetensors").stat().st_mtime_ns == stamp
     assert "| popularity | 943 |" in capsys.readouterr().out
 
 

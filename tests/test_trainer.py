@@ -270,6 +270,17 @@ def test_dry_run_prints_the_launcher_command(ml100k_prepared, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_new_run_in_a_directory_with_checkpoints_is_refused(ml100k_prepared, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints/latest").write_text("step-00000005\n")
+    out = subprocess.run(train_cmd(ml100k_prepared, run), capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0]
+    assert not (run / "config.yaml").exists()
+
+
 def test_bad_hostfile_is_one_line_exit_2(ml100k_prepared, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\nnode-b slots=two\n")

@@ -291,19 +291,32 @@ def evaluate_baselines(
     return out
 
 
+def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:
+    """Where the SASRec trained for this prepared data and these settings is cached
+    (``$LORAREC_HOME/sasrec/<key>``), and the key: the sha256 of the data's manifest (which
+    holds the sha256 of every prepared file), the task and the SASRec settings."""
+    import json
+
+    from lorarec.core.assets import lorarec_home
+
+    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
+    key = {"manifest_sha256": manifest_sha, "task": data.task, "sasrec": vars(cfg.sasrec)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return lorarec_home() / "sasrec" / digest, key
+
+
 def ensure_sasrec(
     data: PreparedData, cfg: RunConfig, train: list[dict], path: Path | None, progress: bool = True
 ):
-    """Load the SASRec trained for this data and config from ``path``, or train and save it."""
+    """Load the SASRec trained for this data and config from the cache, or train and cache it
+    (``path`` overrides the cache location)."""
     import json
 
     from lorarec.trainer.sasrec import SASRec, train_sasrec
 
-    # Reused only for the same prepared data (its manifest holds the sha256 of every file)
-    # and the same SASRec settings.
-    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
-    key = {"manifest_sha256": manifest_sha, "task": data.task, "sasrec": vars(cfg.sasrec)}
-    if path is not None and (path / "config.json").is_file():
+    default_path, key = sasrec_cache_dir(data, cfg)
+    path = path or default_path
+    if (path / "config.json").is_file():
         meta = json.loads((path / "config.json").read_text()).get("meta", {})
         if meta.get("key") == json.loads(json.dumps(key)):
             log.info("sasrec: reusing %s", path)
@@ -326,8 +339,7 @@ def ensure_sasrec(
         progress=progress,
     )
     summary = {"best_epoch": info["best_epoch"], "best_valid_ndcg@10": info["best_valid_ndcg@10"]}
-    if path is not None:
-        model.save(path, extra={"key": key, "train": summary})
+    model.save(path, extra={"key": key, "train": summary})
     return model, summary
 
 
@@ -348,9 +360,7 @@ def run_evaluation(
         "bootstrap": cfg.eval.bootstrap,
         "methods": {},
     }
-    results["methods"].update(
-        evaluate_baselines(data, cfg, samples, subset, cfg.run_dir / "sasrec", progress)
-    )
+    results["methods"].update(evaluate_baselines(data, cfg, samples, subset, None, progress))
     if llm:
         from lorarec.trainer.backbone import load_backbone
 
