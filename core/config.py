@@ -53,6 +53,15 @@ class DataConfig:
     shard_size: int = 10000
     """Samples per webdataset tar shard."""
 
+    @property
+    def prepared_task(self) -> str:
+        """The task directory of the prepared data: ``next_item``, ``ctr`` or ``ctr_global``."""
+        if self.split == "global" and self.task != "ctr":
+            raise ConfigError(
+                "data.split: global is a split of the ctr task only (next_item splits per user)"
+            )
+        return self.task if self.split == "user" else f"{self.task}_global"
+
 
 @dataclass
 class TinyBackboneConfig:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lorarec.core.config import DataConfig
 from lorarec.core.errors import DataError
 from lorarec.core.io import atomic_path, sha256_file
 from lorarec.data.sources import Interactions, Sequences
@@ -45,12 +46,14 @@ SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    seed: int = 42
-    history_long: int = 50
-    num_candidates: int = 20
-    min_history: int = 2
-    positive_rating: float = 4.0
-    shard_size: int = 10000
+    """Preparation settings; the defaults are those of the run config's ``data`` section."""
+
+    seed: int = DataConfig.seed
+    history_long: int = DataConfig.history_long
+    num_candidates: int = DataConfig.num_candidates
+    min_history: int = DataConfig.min_history
+    positive_rating: float = DataConfig.positive_rating
+    shard_size: int = DataConfig.shard_size
     global_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
 
@@ -190,7 +193,6 @@ def _prepare_interactions(src: Interactions, root: Path, opts: PrepareOptions) -
                 samples.append(sample)
             _write_samples(tdir, split, samples, opts.shard_size)
             counts[split] = len(samples)
-        train_pos = np.asarray(positions["train"], dtype=np.int64)
         if scheme == "global":  # the graph holds the training period only
             train_mask = np.zeros(len(user), dtype=bool)
             train_mask[glob[:cut1]] = True
@@ -198,7 +200,6 @@ def _prepare_interactions(src: Interactions, root: Path, opts: PrepareOptions) -
             train_mask = np.ones(len(user), dtype=bool)
             train_mask[positions["valid"]] = False
             train_mask[positions["test"]] = False
-        del train_pos
         nu = src.num_users
         edges = np.unique(np.stack([user[train_mask], nu + item[train_mask]], axis=1), axis=0)
         graph = _write_graph(tdir, edges, nu + src.num_items)

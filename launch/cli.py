@@ -53,24 +53,19 @@ def _check_out(out: Path, inputs: list[Path], ours: bool) -> None:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from lorarec.core.config import DataConfig
     from lorarec.core.io import sha256_file
     from lorarec.data import sources
     from lorarec.data.prepare import PrepareOptions, prepare, report
 
-    d = DataConfig()
-
-    def pick(value, default):
-        return default if value is None else value
-
-    opts = PrepareOptions(
-        seed=pick(args.seed, d.seed),
-        history_long=pick(args.history_long, d.history_long),
-        num_candidates=pick(args.num_candidates, d.num_candidates),
-        min_history=pick(args.min_history, d.min_history),
-        positive_rating=pick(args.positive_rating, d.positive_rating),
-        shard_size=pick(args.shard_size, d.shard_size),
-    )
+    given = {
+        "seed": args.seed,
+        "history_long": args.history_long,
+        "num_candidates": args.num_candidates,
+        "min_history": args.min_history,
+        "positive_rating": args.positive_rating,
+        "shard_size": args.shard_size,
+    }
+    opts = PrepareOptions(**{k: v for k, v in given.items() if v is not None})
     for name in ("history_long", "num_candidates", "shard_size"):
         if getattr(opts, name) < 1:
             raise UsageError(
@@ -206,8 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.backbone import resolve_backbone
     from lorarec.trainer.distributed import build_ds_config
 
-    task = cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
-    PreparedData.open(cfg.data.dir, task)
+    PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
     resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
     build_ds_config(cfg, 1)
     if not args.resume and (cfg.run_dir / "checkpoints" / "latest").is_file():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from lorarec.core.config import RunConfig
-from lorarec.core.errors import ConfigError, DataError
+from lorarec.core.errors import DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
 from lorarec.trainer.prompts import (
@@ -190,14 +191,17 @@ def evaluate_llm(
     target_index = np.array([s["candidates"].index(s["target"]) for s in samples])
     prompts = [encode(tokenizer, next_item_prompt(s, titles, hs, PromptStyle())) for s in samples]
     if "likelihood" in cfg.eval.llm_methods:
+        title_ids: dict[int, list[int]] = {}
+        for s in samples:
+            for c in s["candidates"]:
+                if c not in title_ids:
+                    title_ids[c] = encode(tokenizer, answer_text(titles[c]))
         scores = []
         for s, p in tqdm(
             list(zip(samples, prompts)), desc=f"{label} likelihood", disable=not progress
         ):
             scores.append(
-                candidate_log_likelihoods(
-                    model, p, [encode(tokenizer, answer_text(titles[c])) for c in s["candidates"]]
-                )
+                candidate_log_likelihoods(model, p, [title_ids[c] for c in s["candidates"]])
             )
         ranks = M.target_ranks(np.stack(scores), target_index)
         out[f"{label} (likelihood)"] = {
@@ -237,14 +241,19 @@ def evaluate_baselines(
     cfg: RunConfig,
     samples: list[dict],
     subset: np.ndarray | None,
-    sasrec_dir: Path | None,
     progress: bool = True,
 ) -> dict[str, Any]:
     from lorarec.trainer.baselines import item_popularity, popularity_scores, random_scores
     from lorarec.trainer.sasrec import evaluate_ranks
 
     out: dict[str, Any] = {}
-    train = data.samples("train")
+    cached: list[list[dict]] = []
+
+    def train() -> list[dict]:  # the train split, read once and only if a baseline needs it
+        if not cached:
+            cached.append(data.samples("train"))
+        return cached[0]
+
     is_ctr = data.task.startswith("ctr")
     target_index = np.array([s["candidates"].index(s["target"]) for s in samples])
     for name in cfg.eval.baselines:
@@ -252,9 +261,9 @@ def evaluate_baselines(
         if name == "random":
             scores = random_scores(samples, cfg.eval.seed)
         elif name == "popularity":
-            scores = popularity_scores(samples, item_popularity(train, data.num_items))
+            scores = popularity_scores(samples, item_popularity(train(), data.num_items))
         else:
-            model, extra = ensure_sasrec(data, cfg, train, sasrec_dir, progress)
+            model, extra = ensure_sasrec(data, cfg, train, progress)
             if is_ctr:
                 with torch.no_grad():
                     rep = model.sequence_representation([s["history"] for s in samples])
@@ -306,16 +315,15 @@ def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:
 
 
 def ensure_sasrec(
-    data: PreparedData, cfg: RunConfig, train: list[dict], path: Path | None, progress: bool = True
+    data: PreparedData, cfg: RunConfig, train: Callable[[], list[dict]], progress: bool = True
 ):
-    """Load the SASRec trained for this data and config from the cache, or train and cache it
-    (``path`` overrides the cache location)."""
+    """Load the SASRec trained for this data and config from the cache, or train and cache it;
+    ``train()`` gives the training samples, read only when there is something to train."""
     import json
 
     from lorarec.trainer.sasrec import SASRec, train_sasrec
 
-    default_path, key = sasrec_cache_dir(data, cfg)
-    path = path or default_path
+    path, key = sasrec_cache_dir(data, cfg)
     if (path / "config.json").is_file():
         meta = json.loads((path / "config.json").read_text()).get("meta", {})
         if meta.get("key") == json.loads(json.dumps(key)):
@@ -323,7 +331,7 @@ def ensure_sasrec(
             return SASRec.load(path), meta.get("train", {})
     s = cfg.sasrec
     model, info = train_sasrec(
-        train,
+        train(),
         data.samples("valid"),
         data.num_items,
         hidden_size=s.hidden_size,
@@ -347,7 +355,7 @@ def run_evaluation(
     cfg: RunConfig, *, llm: bool = False, adapter: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Evaluate the configured baselines (and the LLM, if asked) on ``cfg.eval.split``."""
-    data = PreparedData.open(cfg.data.dir, _task_dir(cfg))
+    data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
     samples = data.samples(cfg.eval.split)
     if not samples:
         raise DataError(f"{data.task_dir}: the {cfg.eval.split} split is empty")
@@ -360,7 +368,7 @@ def run_evaluation(
         "bootstrap": cfg.eval.bootstrap,
         "methods": {},
     }
-    results["methods"].update(evaluate_baselines(data, cfg, samples, subset, None, progress))
+    results["methods"].update(evaluate_baselines(data, cfg, samples, subset, progress))
     if llm:
         from lorarec.trainer.backbone import load_backbone
 
@@ -380,14 +388,6 @@ def run_evaluation(
     return results
 
 
-def _task_dir(cfg: RunConfig) -> str:
-    if cfg.data.split == "global" and cfg.data.task != "ctr":
-        raise ConfigError(
-            "data.split: global is a split of the ctr task only (next_item splits per user)"
-        )
-    return cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
-
-
 # ------------------------------------------------------------------- reporting
 
 COLUMNS = {
@@ -405,9 +405,7 @@ def results_table(results: dict[str, Any]) -> str:
         head,
         "",
         "| method | n | "
-        + " | ".join(
-            c.upper().replace("NDCG", "NDCG").replace("VALID_RATIO", "ValidRatio") for c in cols
-        )
+        + " | ".join(c.upper().replace("VALID_RATIO", "ValidRatio") for c in cols)
         + " |",
         "|---|---:|" + "---:|" * len(cols),
     ]

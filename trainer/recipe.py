@@ -87,12 +87,11 @@ class LoraRecipe:
         cfg, s = self.cfg, self.strategy
         s.init_distributed()
         torch.manual_seed(cfg.train.seed)
-        task = cfg.data.task if cfg.data.split == "user" else f"{cfg.data.task}_global"
+        task = cfg.data.prepared_task
         self.data = PreparedData.open(cfg.data.dir, task)
         model, self.tokenizer = s.load_backbone()
         self.param_bytes_backbone = s.parameter_bytes(model)
         model = self.attach_adapter(model)
-        self.model = model
         self.builder = ExampleBuilder(
             self.tokenizer, self.data.titles, task, cfg.data.history_short, cfg.train.max_length
         )
