@@ -1,6 +1,49 @@
-"""Adapter layers: tensors in, tensors out. No trainer, no Ray, no files beyond PEFT's format.
+"""Graph-aware, personalised and mixture-of-experts LoRA adapters, as PEFT methods.
+
+Importing this package registers four methods with PEFT (``graphlora``, ``reclora``,
+``ilora``, ``graphmoe``); after that, ``get_peft_model(model, GraphLoraConfig(...))``,
+``save_pretrained`` and ``PeftModel.from_pretrained`` work for them as for LoRA. Each forward
+takes the batch's :class:`Conditioning` (``conditioning=`` or :func:`bind_conditioning`).
 
 Every family shares one low-rank core (:class:`~lorarec.adapters.core.LowRankBank`): a bank of
 ``K`` pairs of factors ``A_k`` (d_in -> r) and ``B_k`` (r -> d_out) applied with one matmul for all
-``A`` and one for all ``B``.
+``A`` and one for all ``B``. Tensors in, tensors out: no trainer, no Ray, no files beyond PEFT's.
 """
+
+from lorarec.adapters.conditioning import Conditioning, GraphBatch, bind_conditioning
+from lorarec.adapters.graphlora.layer import GraphLoraConfig, GraphLoraModel
+from lorarec.adapters.graphmoe.layer import GraphMoeConfig, GraphMoeModel
+from lorarec.adapters.ilora.layer import ILoraConfig, ILoraModel
+from lorarec.adapters.reclora.layer import RecLoraConfig, RecLoraModel
+from lorarec.adapters.tuner import AdapterTuner, enable_conditioning_kwarg
+
+CONFIGS = {
+    "graphlora": GraphLoraConfig,
+    "reclora": RecLoraConfig,
+    "ilora": ILoraConfig,
+    "graphmoe": GraphMoeConfig,
+}
+
+
+def zero3_leaf_classes() -> list[type]:
+    """Module classes whose execution depends on the batch (gates, routers, graph networks,
+    expert banks): declared ZeRO-3 leaves, so DeepSpeed gathers each one whole when it runs."""
+    out: list[type] = []
+    for model_cls in (GraphLoraModel, GraphMoeModel, ILoraModel, RecLoraModel):
+        out += [c for c in model_cls.zero3_leaf_modules if c not in out]
+    return out
+
+
+__all__ = [
+    "CONFIGS",
+    "AdapterTuner",
+    "Conditioning",
+    "GraphBatch",
+    "GraphLoraConfig",
+    "GraphMoeConfig",
+    "ILoraConfig",
+    "RecLoraConfig",
+    "bind_conditioning",
+    "enable_conditioning_kwarg",
+    "zero3_leaf_classes",
+]

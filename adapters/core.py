@@ -11,6 +11,9 @@ Applying all ``K`` pairs to ``x`` with per-sample weights ``g`` (batch, K) is
 where ``A_cat`` (K*r x d_in) and ``B_cat`` (d_out x K*r) concatenate the factors and
 ``expand(g)`` repeats each weight over its ``r`` rank components: two matmuls whatever ``K`` is,
 the same cost as one LoRA of rank ``K*r``.
+
+The bank is always *called* (``bank(x, ...)``), never reached into from outside: under ZeRO-3
+DeepSpeed gathers a module's partitioned parameters when its ``forward`` runs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch import nn
 
 
 class LowRankBank(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int, banks: int = 1):
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, banks: int = 1, zero_B: bool = True
+    ):
         super().__init__()
         if rank < 1 or banks < 1:
             raise ValueError(f"rank and banks must be at least 1, got rank={rank}, banks={banks}")
@@ -30,13 +35,42 @@ class LowRankBank(nn.Module):
         self.rank, self.banks = rank, banks
         self.A = nn.Parameter(torch.empty(banks, rank, in_features))
         self.B = nn.Parameter(torch.zeros(banks, out_features, rank))
-        self.reset_parameters()
+        self.reset_parameters(zero_B)
 
-    def reset_parameters(self) -> None:
-        # PEFT's LoRA initialisation: kaiming-uniform A (a = sqrt(5), as nn.Linear), zero B.
+    def reset_parameters(self, zero_B: bool = True) -> None:
+        # PEFT's LoRA initialisation: kaiming-uniform A (a = sqrt(5), as nn.Linear), zero B
+        # (``zero_B=False``: random B, for tests that need an adapter that is not the identity).
         for k in range(self.banks):
             nn.init.kaiming_uniform_(self.A.data[k], a=math.sqrt(5))
-        nn.init.zeros_(self.B)
+        if zero_B:
+            nn.init.zeros_(self.B)
+        else:
+            nn.init.normal_(self.B, std=0.02)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        a: float | torch.Tensor = 1.0,
+        mixing: str = "outputs",
+    ) -> torch.Tensor:
+        """``B( a * (A x) * expand(g) + shift )``: the low-rank update of every family.
+
+        ``weights`` (batch, K): per-sample bank weights (None: all ones); ``shift`` (..., K*r): an
+        additive term in the rank space (GraphLoRA's node states); ``mixing="weights"`` mixes the
+        factors per sample instead (RecLoRA): ``B_u (A_u x)`` with ``A_u = sum_k g_k A_k``.
+        """
+        if mixing == "weights" and weights is not None and self.banks > 1:
+            return self.mixed_factors(x, weights)
+        z = self.down(x)
+        if isinstance(a, torch.Tensor) or a != 1.0:
+            z = a * z
+        if weights is not None:
+            z = z * self.expand(weights.to(z.dtype), z.ndim)
+        if shift is not None:
+            z = z + shift.to(z.dtype)
+        return self.up(z)
 
     @property
     def A_cat(self) -> torch.Tensor:
@@ -61,15 +95,40 @@ class LowRankBank(nn.Module):
         w = weights.repeat_interleave(self.rank, dim=-1)
         return w.reshape(w.shape[0], *([1] * (ndim - 2)), w.shape[-1])
 
-    def mixed(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_k g_k B_k (A_k x)`` for per-sample weights ``g`` (batch, K), batched."""
-        z = self.down(x)
-        return self.up(z * self.expand(weights.to(z.dtype), z.ndim))
+    def mixed_factors(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``B_u (A_u x)`` with per-sample factors ``A_u = sum_k g_k A_k``, ``B_u = sum_k g_k B_k``."""
+        w = weights.to(self.A.dtype)
+        A_u = torch.einsum("bk,krd->brd", w, self.A)  # (batch, r, d_in)
+        B_u = torch.einsum("bk,kor->bor", w, self.B)  # (batch, d_out, r)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, tokens, d_in)
+        out = torch.bmm(torch.bmm(flat, A_u.transpose(1, 2)), B_u.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
-    def mixed_reference(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The same, as a straightforward loop over banks (for tests and benchmarks)."""
+    def reference(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        a: float = 1.0,
+        mixing: str = "outputs",
+    ) -> torch.Tensor:
+        """What :meth:`forward` computes, written the straightforward way of the reference code:
+        a Python loop over banks (experts), or over samples when factors are mixed per sample.
+        For tests and benchmarks."""
+        if weights is None:
+            weights = x.new_ones(x.shape[0], self.banks)
+        if mixing == "weights" and self.banks > 1:
+            rows = []
+            for i in range(x.shape[0]):
+                A_u = sum(weights[i, k] * self.A[k] for k in range(self.banks))
+                B_u = sum(weights[i, k] * self.B[k] for k in range(self.banks))
+                rows.append((x[i] @ A_u.T) @ B_u.T)
+            return torch.stack(rows)
         out = 0
         for k in range(self.banks):
             g = weights[:, k].reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-            out = out + g * ((x @ self.A[k].T) @ self.B[k].T)
+            z = a * (x @ self.A[k].T) * g
+            if shift is not None:
+                z = z + shift[..., k * self.rank : (k + 1) * self.rank]
+            out = out + z @ self.B[k].T
         return out

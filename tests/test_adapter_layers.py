@@ -1,159 +1,294 @@
-"""The adapter layers' math, in fp32 on random inputs (METHODS.md; issue acceptance: equivalences)."""
+"""The adapters as PEFT methods, in fp32 on random inputs (METHODS.md; issue acceptance:
+equivalences, gradients, save and reload)."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from lorarec.adapters import CONFIGS, Conditioning, GraphBatch, bind_conditioning
 from lorarec.adapters.core import LowRankBank
-from lorarec.adapters.graphlora.layer import GraphLoraLinear, scatter_node_states
-from lorarec.adapters.ilora.layer import ILoraLinear
-from lorarec.adapters.reclora.layer import RecLoraLinear
 
-D_IN, D_OUT, BATCH, TOKENS = 24, 20, 4, 7
 TOL = dict(atol=1e-5, rtol=1e-5)
+BATCH, TOKENS, NODES, ITEMS, C = 3, 11, 24, 12, 16
+TARGETS = ["q_proj", "v_proj"]
 
 
-@pytest.fixture
-def base():
+@pytest.fixture(scope="module")
+def backbone():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    return nn.Linear(D_IN, D_OUT)
-
-
-@pytest.fixture
-def x():
-    torch.manual_seed(1)
-    return torch.randn(BATCH, TOKENS, D_IN)
-
-
-def randomise(bank: LowRankBank) -> None:
-    with torch.no_grad():
-        bank.A.normal_()
-        bank.B.normal_()
-
-
-def plain_lora(base, x, A, B, scaling):
-    return base(x) + scaling * (x @ A.T) @ B.T
-
-
-def peft_lora(base, A, B, rank, alpha):
-    """PEFT's own LoRA on a copy of ``base`` with the given factors."""
-    from peft import LoraConfig, get_peft_model
-
-    class Wrap(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = nn.Linear(D_IN, D_OUT)
-
-        def forward(self, x):
-            return self.proj(x)
-
-    model = Wrap()
-    model.proj.load_state_dict(base.state_dict())
-    peft = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"], lora_dropout=0.0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=101,
+        max_position_embeddings=64,
     )
-    layer = peft.base_model.model.proj
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 101, (BATCH, TOKENS), generator=torch.Generator().manual_seed(1))
+
+
+def make_conditioning(seed: int = 2) -> Conditioning:
+    g = torch.Generator().manual_seed(seed)
+    node_index = torch.full((BATCH, TOKENS), -1)
+    node_index[:, 1] = torch.arange(BATCH)  # the user placeholder
+    node_index[:, 4] = torch.tensor([3, 4, 5])  # item placeholders
+    node_index[:, 7] = torch.tensor([6, 3, 7])
+    src = torch.randint(0, 10, (30,), generator=g)
+    dst = torch.randint(0, 10, (30,), generator=g)
+    edges = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+    item_index = torch.where(node_index >= 3, node_index - 3, -1)
+    return Conditioning(
+        graph=GraphBatch(
+            torch.randperm(NODES, generator=g)[:10], edges, torch.rand(60, generator=g)
+        ),
+        node_index=node_index,
+        user_node=torch.arange(BATCH),
+        sequence_state=torch.randn(BATCH, C, generator=g),
+        item_index=item_index,
+        item_table=torch.randn(ITEMS, C, generator=g),
+    )
+
+
+def config(name: str, **kw):
+    base = dict(r=8, lora_alpha=16.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+    if name in ("graphlora", "graphmoe"):
+        base.update(num_nodes=NODES, node_dim=8)
+    if name in ("ilora", "graphmoe"):
+        base.update(experts=4)
+    if name == "ilora":
+        base.update(gate_in=C)
+    if name == "reclora":
+        base.update(banks=4, router_in=C)
+    base.update(kw)
+    return CONFIGS[name](**base)
+
+
+def adapt(backbone, cfg, seed: int = 0):
+    torch.manual_seed(seed)
+    return get_peft_model(copy.deepcopy(backbone), cfg).eval()
+
+
+def logits(model, ids, cond):
     with torch.no_grad():
-        layer.lora_A["default"].weight.copy_(A)
-        layer.lora_B["default"].weight.copy_(B)
-    return peft
+        return model(input_ids=ids, conditioning=cond).logits
 
 
-def test_zero_B_returns_the_backbone(base, x):
-    users = torch.randn(BATCH, 16)
-    gate = torch.softmax(torch.randn(BATCH, 4), -1)
-    shift = torch.randn(BATCH, TOKENS, 8)
-    layers = [
-        (ILoraLinear(base, 8, 4, 16.0), gate),
-        (RecLoraLinear(base, 8, 4, 16.0, router_in=16), users),
-        (RecLoraLinear(base, 8, 4, 16.0, router_in=16, mixing="outputs"), users),
-        (GraphLoraLinear(base, 8, 16.0), shift),
-    ]
-    for layer, cond in layers:
-        torch.testing.assert_close(layer(x, cond), base(x), **TOL)
+def banks_of(model) -> list[LowRankBank]:
+    return [m for m in model.modules() if isinstance(m, LowRankBank)]
 
 
-def test_ilora_with_one_expert_is_lora_and_peft_lora(base, x):
-    layer = ILoraLinear(base, rank=8, experts=1, alpha=16.0)
-    randomise(layer.bank)
-    gate = torch.ones(BATCH, 1)
-    expected = plain_lora(base, x, layer.bank.A[0], layer.bank.B[0], 16.0 / 8)
-    torch.testing.assert_close(layer(x, gate), expected, **TOL)
-    peft = peft_lora(base, layer.bank.A[0], layer.bank.B[0], 8, 16.0)
-    torch.testing.assert_close(layer(x, gate), peft(x), **TOL)
+VARIANTS = [
+    ("graphlora", {}),
+    ("graphlora", {"gnn": "gcn", "a": 0.5}),
+    ("graphlora", {"gnn": "ngcf", "graph_layers": [1]}),
+    ("reclora", {}),
+    ("reclora", {"mixing": "outputs"}),
+    ("ilora", {}),
+    ("ilora", {"scale": "reference"}),
+    ("graphmoe", {}),
+]
+IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in VARIANTS]
 
 
-@pytest.mark.parametrize("mixing", ["weights", "outputs"])
-def test_reclora_with_one_bank_is_lora(base, x, mixing):
-    layer = RecLoraLinear(base, rank=8, banks=1, alpha=16.0, router_in=16, mixing=mixing)
-    randomise(layer.bank)
-    users = torch.randn(BATCH, 16)
-    expected = plain_lora(base, x, layer.bank.A[0], layer.bank.B[0], 16.0 / 8)
-    torch.testing.assert_close(layer(x, users), expected, **TOL)
+@pytest.mark.parametrize("name,kw", VARIANTS, ids=IDS)
+def test_zero_B_returns_the_backbone(backbone, ids, name, kw):
+    model = adapt(backbone, config(name, **kw))
+    with torch.no_grad():
+        expected = backbone(input_ids=ids).logits
+    torch.testing.assert_close(logits(model, ids, make_conditioning()), expected, **TOL)
 
 
-def test_graphlora_with_b_zero_is_lora(base, x):
-    layer = GraphLoraLinear(base, rank=8, alpha=16.0, b=0.0)
-    randomise(layer.bank)
-    shift = torch.randn(BATCH, TOKENS, 8)
-    expected = plain_lora(base, x, layer.bank.A[0], layer.bank.B[0], 16.0 / 8)
-    torch.testing.assert_close(layer(x, shift), expected, **TOL)
-    # with b != 0 the node state moves exactly the tokens that stand for a node
-    layer.b = 0.1
-    index = torch.full((BATCH, TOKENS), -1)
-    index[:, 2] = torch.arange(BATCH)
-    states = torch.randn(BATCH, 8)
-    out = layer(x, scatter_node_states(index, states))
-    moved = (out - expected).abs().amax(-1)
-    assert (moved[:, 2] > 1e-4).all() and (moved[:, [0, 1, 3, 4, 5, 6]] < 1e-6).all()
-    node = 16.0 / 8 * 0.1 * states @ layer.bank.B[0].T
-    torch.testing.assert_close(out[:, 2] - expected[:, 2], node, **TOL)
+def lora_twin(backbone, model, rank: int, alpha: float):
+    """PEFT's own LoRA with the factors of ``model``'s single bank per layer."""
+    twin = adapt(backbone, LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS))
+    ours = {n.rsplit(".", 2)[0]: m for n, m in model.named_modules() if isinstance(m, LowRankBank)}
+    for name, module in twin.named_modules():
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict):
+            bank = ours[name]
+            with torch.no_grad():
+                module.lora_A["default"].weight.copy_(bank.A[0])
+                module.lora_B["default"].weight.copy_(bank.B[0])
+    return twin
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("ilora", {"experts": 1}),
+        ("graphmoe", {"experts": 1}),
+        ("reclora", {"banks": 1}),
+        ("reclora", {"banks": 1, "mixing": "outputs"}),
+        ("graphlora", {"b": 0.0}),
+    ],
+)
+def test_degenerate_cases_equal_plain_lora_and_peft_lora(backbone, ids, name, kw):
+    model = adapt(backbone, config(name, init_weights=False, **kw))
+    twin = lora_twin(backbone, model, 8, 16.0)
+    with torch.no_grad():
+        expected = twin(input_ids=ids).logits
+    got = logits(model, ids, make_conditioning())
+    torch.testing.assert_close(got, expected, **TOL)
+    with torch.no_grad():  # and the adapter is not the backbone: the comparison could fail
+        assert (backbone(input_ids=ids).logits - expected).abs().max() > 1e-4
+
+
+def test_graph_state_moves_only_the_tokens_that_stand_for_a_node(backbone):
+    """At the first adapted projection, GraphLoRA = LoRA + s * b * B g(node) at node tokens."""
+    model = adapt(backbone, config("graphlora", init_weights=False, b=0.5))
+    cond = make_conditioning()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(BATCH, TOKENS, 32)
+    with torch.no_grad(), bind_conditioning(model, cond):
+        ctx = model.base_model.conditioning_context
+        ctx.begin_forward(BATCH, TOKENS, False)
+        out = layer(x)
+        states = model.base_model.graphlora_gnn["default"](
+            cond.graph.nodes, cond.graph.edge_index, cond.graph.edge_weight
+        )
+        ctx.end_forward()
+        bank = layer.graphlora_bank["default"]
+        lora = layer.base_layer(x) + 2.0 * (x @ bank.A[0].T) @ bank.B[0].T
+    moved = (out - lora).abs().amax(-1)
+    node = cond.node_index >= 0
+    assert (moved[node] > 1e-6).all() and (moved[~node] < 1e-6).all()
+    expected = 2.0 * 0.5 * states[cond.node_index[node]] @ bank.B[0].T
+    torch.testing.assert_close((out - lora)[node], expected, **TOL)
 
 
 @pytest.mark.parametrize("banks,rank", [(1, 8), (4, 2), (8, 4)])
-def test_batched_banks_equal_a_loop_over_banks(x, banks, rank):
-    bank = LowRankBank(D_IN, D_OUT, rank, banks)
-    randomise(bank)
-    weights = torch.softmax(torch.randn(BATCH, banks), -1)
-    torch.testing.assert_close(bank.mixed(x, weights), bank.mixed_reference(x, weights), **TOL)
-
-
-def test_reclora_weight_mixing_mixes_the_factors(base, x):
-    layer = RecLoraLinear(base, rank=4, banks=3, alpha=8.0, router_in=16)
-    randomise(layer.bank)
-    layer.eval()
-    users = torch.randn(BATCH, 16)
-    w = layer.router(users)
-    out = layer(x, users)
-    for i in range(BATCH):
-        A_u = sum(w[i, k] * layer.bank.A[k] for k in range(3))
-        B_u = sum(w[i, k] * layer.bank.B[k] for k in range(3))
-        torch.testing.assert_close(out[i], plain_lora(base, x[i], A_u, B_u, 2.0), **TOL)
-
-
-def test_a_sample_does_not_depend_on_the_rest_of_its_batch(base, x):
-    torch.manual_seed(3)
-    users = torch.randn(BATCH, 16)
-    gate = torch.softmax(torch.randn(BATCH, 4), -1)
-    shift = torch.randn(BATCH, TOKENS, 8)
-    for layer, cond in [
-        (ILoraLinear(base, 8, 4, 16.0), gate),
-        (RecLoraLinear(base, 8, 4, 16.0, router_in=16), users),
-        (GraphLoraLinear(base, 8, 16.0), shift),
-    ]:
-        randomise(layer.bank)
-        layer.eval()
-        full = layer(x, cond)
-        for i in range(BATCH):
-            torch.testing.assert_close(layer(x[i : i + 1], cond[i : i + 1]), full[i : i + 1], **TOL)
-
-
-def test_ilora_reference_scale_is_experts_times_lora_scale(base):
-    assert (
-        ILoraLinear(base, 8, 4, 16.0, scale="reference").scaling
-        == 4 * ILoraLinear(base, 8, 4, 16.0).scaling
+@pytest.mark.parametrize("mixing", ["outputs", "weights"])
+def test_batched_banks_equal_a_loop(banks, rank, mixing):
+    torch.manual_seed(0)
+    bank = LowRankBank(24, 20, rank, banks, zero_B=False)
+    x = torch.randn(BATCH, 7, 24)
+    w = torch.softmax(torch.randn(BATCH, banks), -1)
+    shift = torch.randn(BATCH, 7, banks * rank) if mixing == "outputs" else None
+    torch.testing.assert_close(
+        bank(x, weights=w, shift=shift, mixing=mixing),
+        bank.reference(x, weights=w, shift=shift, mixing=mixing),
+        **TOL,
     )
-    with pytest.raises(ValueError, match="divisible"):
-        ILoraLinear(base, 8, 3, 16.0)
+
+
+def sample_rows(cond: Conditioning, i: int) -> Conditioning:
+    """Sample ``i``'s conditioning; the subgraph stays the batch's (states depend on it)."""
+    pick = slice(i, i + 1)
+    return Conditioning(
+        graph=cond.graph,
+        node_index=cond.node_index[pick],
+        user_node=cond.user_node[pick],
+        sequence_state=cond.sequence_state[pick],
+        item_index=cond.item_index[pick],
+        item_table=cond.item_table,
+    )
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS + [("ilora", {"hybrid_prompt": True})])
+def test_a_sample_does_not_depend_on_the_rest_of_its_batch(backbone, ids, name, kw):
+    model = adapt(backbone, config(name, init_weights=False, **kw))
+    cond = make_conditioning()
+    full = logits(model, ids, cond)
+    for i in range(BATCH):
+        torch.testing.assert_close(
+            logits(model, ids[i : i + 1], sample_rows(cond, i)), full[i : i + 1], **TOL
+        )
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("graphlora", {}),
+        ("graphlora", {"gnn": "ngcf"}),
+        ("reclora", {}),
+        ("ilora", {"hybrid_prompt": True}),
+        ("graphmoe", {}),
+    ],
+)
+def test_gradients_reach_every_trainable_part(backbone, ids, name, kw):
+    model = adapt(backbone, config(name, **kw))
+    model.train()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    parts = {n.split(".default")[0].rsplit(".", 1)[-1] for n in trainable}
+    expected = {
+        "graphlora": {"graphlora_bank", "graphlora_gnn"},
+        "reclora": {"reclora_bank", "reclora_router"},
+        "ilora": {"ilora_bank", "ilora_gate", "ilora_projector"},
+        "graphmoe": {"graphmoe_bank", "graphmoe_gate", "graphmoe_gnn"},
+    }[name]
+    assert parts == expected
+    assert not any(
+        p.requires_grad
+        for n, p in model.named_parameters()
+        if "base_layer" in n or "embed_tokens" in n
+    )
+    opt = torch.optim.AdamW(trainable.values(), lr=1e-2)
+    cond = make_conditioning()
+    for _ in range(2):  # B starts at zero: A, gates and graph get gradient from the second step
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids, conditioning=cond).loss
+        loss.backward()
+        opt.step()
+    silent = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"no gradient reaches {silent}"
+
+
+@pytest.mark.parametrize(
+    "name,kw", VARIANTS + [("ilora", {"hybrid_prompt": True})], ids=IDS + ["ilora-hybrid"]
+)
+def test_save_and_reload_through_peft(backbone, ids, tmp_path, name, kw):
+    model = adapt(backbone, config(name, init_weights=False, **kw))
+    cond = make_conditioning()
+    expected = logits(model, ids, cond)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == name.upper()
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    reloaded = PeftModel.from_pretrained(copy.deepcopy(backbone), tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, ids, cond), expected, **TOL)
+    # and the adapter is not the backbone: the comparison could fail
+    with torch.no_grad():
+        assert (backbone(input_ids=ids).logits - expected).abs().max() > 1e-4
+
+
+def test_conditioning_is_explicit_and_checked(backbone, ids):
+    model = adapt(backbone, config("graphlora"))
+    with pytest.raises(RuntimeError, match="no conditioning bound"):
+        model(input_ids=ids)
+    with pytest.raises(ValueError, match="lacks graph"):
+        model(input_ids=ids, conditioning=Conditioning(node_index=make_conditioning().node_index))
+    with pytest.raises(ValueError, match="covers 11 tokens, the input has 5"):
+        model(input_ids=ids[:, :5], conditioning=make_conditioning())
+    # a binding is per model: another model in the same process is not affected
+    other = adapt(backbone, config("graphlora"))
+    with bind_conditioning(model, make_conditioning()):
+        model(input_ids=ids)
+        with pytest.raises(RuntimeError, match="no conditioning bound"):
+            other(input_ids=ids)
+
+
+def test_generate_with_bound_conditioning_and_beams(backbone, ids):
+    from lorarec.adapters import enable_conditioning_kwarg
+
+    model = adapt(backbone, config("ilora", init_weights=False))
+    enable_conditioning_kwarg(model)
+    cond = make_conditioning()
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    a = model.generate(input_ids=ids, conditioning=cond, **kw)
+    with bind_conditioning(model, cond):
+        b = model.generate(input_ids=ids, **kw)
+        c = model.generate(input_ids=ids, num_beams=2, **kw)
+    assert torch.equal(a, b) and c.shape == a.shape

@@ -4,7 +4,8 @@ over the batch's sampled subgraph -> rank-r node states ``g(node)``.
 LightGCN (default): ``e^(k+1) = D^-1/2 A D^-1/2 e^(k)`` (PyG ``LGConv`` with the normalisation
 given as edge weights), the mean of ``e^(0..K)``, then a linear map to rank ``r``. The weights use
 the degrees of the whole training graph (passed in), not of the sampled subgraph, so a node's
-state does not depend on how many of its neighbours were sampled. GCN (``GCNConv``) is an option.
+state does not depend on how many of its neighbours were sampled. GCN (``GCNConv``) and NGCF
+are options.
 """
 
 from __future__ import annotations
@@ -15,6 +16,27 @@ import torch
 from torch import nn
 
 
+def _ngcf_conv_class():
+    from torch_geometric.nn import MessagePassing
+
+    class NGCFConv(MessagePassing):
+        """NGCF propagation: ``LeakyReLU(W1 (e + A_hat e) + W2 (A_hat e * e))``."""
+
+        def __init__(self, dim: int):
+            super().__init__(aggr="add")
+            self.w1 = nn.Linear(dim, dim)
+            self.w2 = nn.Linear(dim, dim)
+
+        def forward(self, x, edge_index, edge_weight):
+            agg = self.propagate(edge_index, x=x, edge_weight=edge_weight)  # A_hat e
+            return nn.functional.leaky_relu(self.w1(x + agg) + self.w2(agg * x), 0.2)
+
+        def message(self, x_j, edge_weight):
+            return edge_weight.unsqueeze(-1) * x_j
+
+    return NGCFConv
+
+
 class GraphEncoder(nn.Module):
     def __init__(
         self,
@@ -22,28 +44,38 @@ class GraphEncoder(nn.Module):
         dim: int,
         rank: int,
         layers: int = 2,
-        kind: Literal["lightgcn", "gcn"] = "lightgcn",
+        kind: Literal["lightgcn", "gcn", "ngcf"] = "lightgcn",
         text_features: torch.Tensor | None = None,
+        text_dim: int = 0,
     ):
         super().__init__()
         from torch_geometric.nn import GCNConv, LGConv
 
+        if kind not in ("lightgcn", "gcn", "ngcf"):
+            raise ValueError(f"unknown graph network {kind!r} (lightgcn, gcn or ngcf)")
         self.kind = kind
         self.embedding = nn.Embedding(num_nodes, dim)
         nn.init.normal_(self.embedding.weight, std=0.1)
-        in_dim = dim
         if text_features is not None:
-            # frozen item-text features (e.g. MiniLM), concatenated to the learned ID embedding
-            self.register_buffer("text_features", text_features.float(), persistent=False)
-            in_dim += text_features.shape[1]
+            text_dim = text_features.shape[1]
+        in_dim = dim + text_dim
+        if text_dim:
+            # frozen node text features (MiniLM embeddings of item titles; zero for users),
+            # concatenated to the learned ID embedding; saved with the adapter
+            self.register_buffer("text_features", torch.zeros(num_nodes, text_dim))
+            if text_features is not None:
+                self.text_features.copy_(text_features.float())
         else:
             self.text_features = None
         if kind == "lightgcn":
             self.convs = nn.ModuleList([LGConv(normalize=False) for _ in range(layers)])
-        else:
+        elif kind == "gcn":
             self.convs = nn.ModuleList(
                 [GCNConv(in_dim, in_dim, normalize=False) for _ in range(layers)]
             )
+        else:
+            NGCFConv = _ngcf_conv_class()
+            self.convs = nn.ModuleList([NGCFConv(in_dim) for _ in range(layers)])
         self.out = nn.Linear(in_dim, rank)
 
     def init_embeddings(self, weights: torch.Tensor) -> None:
@@ -58,14 +90,17 @@ class GraphEncoder(nn.Module):
         (E,) = 1/sqrt(deg(u) deg(v)) over the full training graph. Returns (N, rank)."""
         x = self.embedding(nodes)
         if self.text_features is not None:
-            x = torch.cat([x, self.text_features[nodes]], dim=-1)
+            x = torch.cat([x, self.text_features[nodes].to(x.dtype)], dim=-1)
+        edge_weight = edge_weight.to(x.dtype)
         outs = [x]
         for conv in self.convs:
             x = conv(x, edge_index, edge_weight)
             if self.kind == "gcn":
                 x = torch.relu(x)
             outs.append(x)
-        h = torch.stack(outs).mean(0) if self.kind == "lightgcn" else x
+        # LightGCN: the mean over layers; NGCF: the concatenation in the paper, a mean here so
+        # that the output map's width does not grow with depth; GCN: the last layer
+        h = torch.stack(outs).mean(0) if self.kind != "gcn" else x
         return self.out(h)
 
 

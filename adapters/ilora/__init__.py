@@ -1,1 +1,5 @@
-"""iLoRA: instance-wise mixture of LoRA experts gated by the user's behaviour sequence."""
+"""iLoRA: LoRA experts gated by the user's behaviour sequence."""
+
+from lorarec.adapters.ilora.layer import ILoraConfig, ILoraModel
+
+__all__ = ["ILoraConfig", "ILoraModel"]

@@ -1,1 +1,5 @@
-"""RecLoRA: a bank of meta-LoRAs mixed per user by a router driven by a sequential recommender."""
+"""RecLoRA: a bank of meta-LoRAs mixed per user by a router."""
+
+from lorarec.adapters.reclora.layer import RecLoraConfig, RecLoraModel
+
+__all__ = ["RecLoraConfig", "RecLoraModel"]

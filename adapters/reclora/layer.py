@@ -1,26 +1,35 @@
-"""RecLoRA layer (METHODS.md section 2).
+"""RecLoRA (METHODS.md section 2): a bank of meta-LoRAs mixed per user.
 
-A bank of ``K`` meta-LoRAs of rank ``r``; a router per adapted module maps the sequential
-recommender's user representation ``u`` (batch, c) to mixing weights
-
-    w = softmax(router(u) / T),  router = LayerNorm -> Linear(c, 60) -> ReLU -> Dropout(0.1) -> Linear(60, K)
-
-and, with ``mixing="weights"`` (the reference code, the default), mixes the factors per user:
-
+    w = softmax( router(u) / T )      u: the sequence recommender over the long history
     A_u = sum_k w_k A_k,  B_u = sum_k w_k B_k,  h = W x + s * B_u (A_u dropout(x))
 
-With ``mixing="outputs"`` (the paper's text), ``h = W x + s * sum_k w_k B_k (A_k dropout(x))``.
-``s = alpha / r``.
+``K`` meta-LoRAs of rank ``r``, a router per adapted module
+(``LayerNorm -> Linear(c, 60) -> ReLU -> Dropout(0.1) -> Linear(60, K)``), ``s = alpha / r``.
+``mixing="weights"`` (the default, the reference code) mixes the factors per user;
+``mixing="outputs"`` (the paper's text) mixes the outputs, ``sum_k w_k B_k (A_k x)``.
+
+Conditioning: ``sequence_state``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from lorarec.adapters.conditioning import expand_batch
 from lorarec.adapters.core import LowRankBank
+from lorarec.adapters.tuner import (
+    AdapterConfig,
+    AdapterLayer,
+    AdapterLinear,
+    AdapterTuner,
+    extend_peft_type,
+    register_method,
+)
+
+extend_peft_type("RECLORA")
 
 
 class Router(nn.Module):
@@ -42,41 +51,66 @@ class Router(nn.Module):
             nn.Linear(hidden, banks),
         )
 
-    def forward(self, user: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(user) / self.temperature, dim=-1)
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z = self.net(u.to(self.net[1].weight.dtype)).float()
+        return torch.softmax(z / self.temperature, dim=-1)
 
 
-class RecLoraLinear(nn.Module):
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        rank: int,
-        banks: int,
-        alpha: float,
-        router_in: int,
-        dropout: float = 0.0,
-        temperature: float = 1.0,
-        mixing: Literal["weights", "outputs"] = "weights",
-        router_hidden: int = 60,
-    ):
-        super().__init__()
-        self.base_layer = base_layer
-        self.bank = LowRankBank(base_layer.in_features, base_layer.out_features, rank, banks)
-        self.router = Router(router_in, banks, router_hidden, temperature=temperature)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.scaling = alpha / rank
-        self.mixing = mixing
+@dataclass
+class RecLoraConfig(AdapterConfig):
+    banks: int = field(default=8, metadata={"help": "number of meta-LoRAs K"})
+    temperature: float = field(default=1.0)
+    mixing: str = field(default="weights", metadata={"help": "weights or outputs"})
+    router_in: int = field(default=64, metadata={"help": "width of the sequence state"})
+    router_hidden: int = field(default=60)
+    router_dropout: float = field(default=0.1)
+    method: str = "reclora"
 
-    def forward(self, x: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-        """``user``: (batch, c) the sequential recommender's representation of each sample's user."""
-        w = self.router(user).to(x.dtype)
-        return self.base_layer(x) + self.scaling * self.delta(self.dropout(x), w)
+    def __post_init__(self):
+        super().__post_init__()
+        if self.banks < 1:
+            raise ValueError(f"reclora: banks must be at least 1, got {self.banks}")
+        if self.mixing not in ("weights", "outputs"):
+            raise ValueError(f"reclora: mixing must be weights or outputs, got {self.mixing!r}")
 
-    def delta(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.mixing == "outputs":
-            return self.bank.mixed(x, w)
-        A_u = torch.einsum("bk,krd->brd", w, self.bank.A)  # (batch, r, d_in)
-        B_u = torch.einsum("bk,kor->bor", w, self.bank.B)  # (batch, d_out, r)
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (batch, tokens, d_in)
-        out = torch.bmm(torch.bmm(flat, A_u.transpose(1, 2)), B_u.transpose(1, 2))
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+class RecLoraLayer(AdapterLayer):
+    prefix = "reclora_"
+    adapter_layer_names = ("reclora_bank", "reclora_router")
+
+    def bank_shape(self, config) -> tuple[int, int]:
+        return config.banks, config.r
+
+    def add_parts(self, adapter_name: str, config) -> None:
+        if not hasattr(self, "reclora_router"):
+            self.reclora_router = nn.ModuleDict({})
+        self.reclora_router[adapter_name] = Router(
+            config.router_in,
+            config.banks,
+            config.router_hidden,
+            config.router_dropout,
+            config.temperature,
+        )
+
+
+class RecLoraLinear(AdapterLinear, RecLoraLayer):
+    def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
+        w = self.reclora_router[name](state["sequence_state"])  # (batch, K)
+        return self.banks[name](x, weights=w, mixing=self.settings[name].mixing)
+
+
+class RecLoraModel(AdapterTuner):
+    prefix = "reclora_"
+    tuner_layer_cls = RecLoraLayer
+    layer_cls = RecLoraLinear
+    zero3_leaf_modules = (Router, LowRankBank)
+
+    def _derive(self, name: str, cond, forward: dict) -> dict:
+        cond.require("reclora", "sequence_state")
+        u = cond.sequence_state
+        if forward:
+            u = expand_batch(u, forward["batch"], "sequence_state")
+        return {"sequence_state": u}
+
+
+register_method("reclora", RecLoraConfig, RecLoraModel)

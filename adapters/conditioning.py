@@ -1,0 +1,186 @@
+"""The per-batch conditioning signal of the adapters, passed explicitly with each forward.
+
+A :class:`Conditioning` travels with the batch it describes::
+
+    out = peft_model(input_ids=ids, attention_mask=mask, conditioning=cond)
+    # or, around any number of forwards and generate():
+    with bind_conditioning(peft_model, cond):
+        peft_model.generate(input_ids=ids, ...)
+
+Which fields an adapter needs:
+
+=========== ============================================================================
+graphlora   ``graph`` + ``node_index`` (the node each placeholder token stands for)
+graphmoe    ``graph`` + ``user_node`` (the sample's user node in the subgraph)
+ilora       ``sequence_state`` (+ ``item_index`` and ``item_table`` with the hybrid prompt)
+reclora     ``sequence_state`` (the sequence recommender over the long history)
+=========== ============================================================================
+
+The binding lives on the model (a stack owned by the PEFT tuner), never in module-level state:
+two models in one process, or nested bindings, do not interfere. Per-sample fields are
+``repeat_interleave``-d when a forward runs a multiple of the batch (beam search, candidates
+sharing a prompt's cache). Token fields cover the tokens of the forward that carries the
+prompt; forwards that extend a KV cache (decoding, candidate continuations) have no
+placeholder tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class GraphBatch:
+    """The sampled subgraph of a batch: ``nodes`` (N,) global ids, seeds first; ``edge_index``
+    (2, E) local indices, both directions; ``edge_weight`` (E,) ``1/sqrt(deg u deg v)`` over the
+    full training graph."""
+
+    nodes: torch.Tensor
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+
+    def to(self, device) -> GraphBatch:
+        return GraphBatch(*(t.to(device) for t in (self.nodes, self.edge_index, self.edge_weight)))
+
+
+@dataclass
+class Conditioning:
+    graph: GraphBatch | None = None
+    node_index: torch.Tensor | None = None
+    """(batch, tokens) long: local subgraph index of the node a token stands for, -1 elsewhere."""
+    user_node: torch.Tensor | None = None
+    """(batch,) long: local subgraph index of each sample's user."""
+    sequence_state: torch.Tensor | None = None
+    """(batch, c): the frozen sequence recommender's representation of each sample's history."""
+    item_index: torch.Tensor | None = None
+    """(batch, tokens) long: item id at item placeholder tokens (hybrid prompt), -1 elsewhere."""
+    item_table: torch.Tensor | None = None
+    """(items, c): the frozen sequence recommender's item embeddings (hybrid prompt)."""
+
+    def to(self, device) -> Conditioning:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = None if v is None else v.to(device)
+        return Conditioning(**out)
+
+    @property
+    def batch_size(self) -> int | None:
+        for t in (self.node_index, self.user_node, self.sequence_state, self.item_index):
+            if t is not None:
+                return t.shape[0]
+        return None
+
+    def require(self, adapter: str, *names: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{adapter}: the conditioning lacks {', '.join(missing)}")
+
+    # --------------------------------------------------------- flat tensors (probe files)
+
+    def to_tensors(self, prefix: str = "cond.") -> dict[str, torch.Tensor]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, GraphBatch):
+                for g in fields(v):
+                    out[f"{prefix}graph.{g.name}"] = getattr(v, g.name).contiguous()
+            elif v is not None:
+                out[prefix + f.name] = v.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "cond.") -> Conditioning:
+        graph = None
+        if f"{prefix}graph.nodes" in tensors:
+            graph = GraphBatch(
+                *(tensors[f"{prefix}graph.{n}"] for n in ("nodes", "edge_index", "edge_weight"))
+            )
+        kw = {f.name: tensors.get(prefix + f.name) for f in fields(cls) if f.name != "graph"}
+        return cls(graph=graph, **kw)
+
+
+def expand_batch(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """Repeat per-sample rows to a forward's batch (beam search, shared-prompt candidates)."""
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] == 0 or batch % t.shape[0]:
+        raise ValueError(f"conditioning {what} has batch {t.shape[0]}, the input has {batch}")
+    return t.repeat_interleave(batch // t.shape[0], dim=0)
+
+
+class ConditioningContext:
+    """A model's binding of conditioning to forwards, and what the adapters derive from it
+    (graph node states, gates, projected item embeddings), computed once per forward.
+
+    A plain object, not a module: it holds no parameters and adds nothing to the state dict.
+    ``derive(adapter_name, conditioning, forward)`` is the tuner's function that computes the
+    derived tensors; the layers read them with :meth:`state`.
+    """
+
+    def __init__(self, derive):
+        self._derive = derive
+        self.stack: list[Conditioning | None] = []
+        self.forward: dict = {}
+        self._cache: dict[str, dict] = {}
+        # the last grad-enabled forward's derived state, kept after the forward returns: gradient
+        # checkpointing re-runs layers during backward
+        self._kept: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def bind(self, cond: Conditioning | None):
+        self.stack.append(cond)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+    def current(self) -> Conditioning | None:
+        for c in reversed(self.stack):
+            if c is not None:
+                return c
+        return None
+
+    def begin_forward(self, batch: int, tokens: int, incremental: bool) -> None:
+        self.forward = {"batch": batch, "tokens": tokens, "incremental": incremental}
+        self._cache = {}
+
+    def end_forward(self) -> None:
+        if torch.is_grad_enabled() and self._cache:
+            self._kept = self._cache
+        self._cache = {}
+        self.forward = {}
+
+    def state(self, adapter_name: str) -> dict:
+        if adapter_name in self._cache:
+            return self._cache[adapter_name]
+        if not self.forward and adapter_name in self._kept:  # checkpoint recomputation
+            return self._kept[adapter_name]
+        cond = self.current()
+        if cond is None:
+            raise RuntimeError(
+                f"adapter {adapter_name!r}: no conditioning bound; pass conditioning=... to the "
+                "model's forward, or wrap the call in `with bind_conditioning(model, cond):`"
+            )
+        out = self._derive(adapter_name, cond, self.forward)
+        if self.forward:
+            self._cache[adapter_name] = out
+        return out
+
+
+def find_context(model) -> ConditioningContext:
+    for m in model.modules():
+        ctx = m.__dict__.get("conditioning_context")
+        if ctx is not None:
+            return ctx
+    raise ValueError("the model has no lorarec adapter that takes conditioning")
+
+
+@contextlib.contextmanager
+def bind_conditioning(model, cond: Conditioning | None):
+    """Bind ``cond`` to every forward (and ``generate``) of ``model`` inside the block."""
+    with find_context(model).bind(cond):
+        yield
