@@ -25,25 +25,19 @@ CONFIGS = {
 }
 
 
-def zero3_leaf_classes() -> list[type]:
-    """Module classes whose execution depends on the batch (gates, routers, graph networks,
-    expert banks): declared ZeRO-3 leaves, so DeepSpeed gathers each one whole when it runs."""
-    out: list[type] = []
-    for model_cls in (GraphLoraModel, GraphMoeModel, ILoraModel, RecLoraModel):
-        out += [c for c in model_cls.zero3_leaf_modules if c not in out]
-    return out
-
-
 __all__ = [
     "CONFIGS",
     "AdapterTuner",
     "Conditioning",
     "GraphBatch",
     "GraphLoraConfig",
+    "GraphLoraModel",
     "GraphMoeConfig",
+    "GraphMoeModel",
     "ILoraConfig",
+    "ILoraModel",
     "RecLoraConfig",
+    "RecLoraModel",
     "bind_conditioning",
     "enable_conditioning_kwarg",
-    "zero3_leaf_classes",
 ]

@@ -13,6 +13,13 @@ and is registered with PEFT (``register_peft_method``), so ``get_peft_model``,
 is imported. Shared modules sit on the tuner in a ``ModuleDict`` per adapter named
 ``<prefix><what>`` (e.g. ``graphlora_gnn``): PEFT saves them next to the layers' factors and
 puts them back on load.
+
+Under ZeRO-3 every adapter module is *called* (never reached into), so DeepSpeed gathers its
+partitioned parameters when it runs. None of them is declared a ZeRO-3 leaf module: leaves are
+for modules whose execution varies per batch (a router that runs a subset of experts), and
+here every forward runs the same modules in the same order; all experts of a bank run in one
+batched call, whatever the gate says. (With DeepSpeed 0.19.8, declaring the bank or the graph
+network a leaf made the backward pass fail on a released parameter in our runs.)
 """
 
 from __future__ import annotations
@@ -213,7 +220,6 @@ class AdapterTuner(BaseTuner):
     }
     uses_shared_state = True  # shared modules live on the tuner
     shared_names: tuple[str, ...] = ()  # ModuleDicts on the tuner, without the prefix
-    zero3_leaf_modules: tuple[type, ...] = ()
 
     # ------------------------------------------------------------- shared state
 

@@ -125,11 +125,65 @@ class LoraConfig:
 
 
 @dataclass
+class GraphSettings:
+    """The graph network of GraphLoRA and GraphMoE, and the neighbourhoods it runs on."""
+
+    network: Literal["lightgcn", "gcn", "ngcf"] = "lightgcn"
+    layers: int = 2
+    node_dim: int = 64
+    fanouts: list[int] = field(default_factory=lambda: [10, 5])
+    """Neighbours kept per node at each hop of the batch's sampled subgraph (-1: all)."""
+    init: Literal["lightgcn", "mf", "random"] = "lightgcn"
+    """Node embeddings start from a collaborative model pre-trained on the training graph."""
+    init_epochs: int = 20
+    text_features: bool = False
+    """Concatenate MiniLM embeddings of the item titles to the node embeddings."""
+
+
+@dataclass
+class GraphLoraSettings:
+    a: float = 1.0
+    b: float = 0.1
+    layers: list[int] | None = None
+    """Decoder layers that take the graph term (null: every adapted layer)."""
+
+
+@dataclass
+class ILoraSettings:
+    experts: int = 4
+    gate_hidden: int = 64
+    scale: Literal["lora", "reference"] = "lora"
+    hybrid_prompt: bool = False
+    """LLaRA's hybrid prompt: item placeholder tokens embed a projection of SASRec's item
+    embeddings."""
+
+
+@dataclass
+class RecLoraSettings:
+    banks: int = 8
+    temperature: float = 1.0
+    mixing: Literal["weights", "outputs"] = "weights"
+    router_hidden: int = 60
+
+
+@dataclass
+class GraphMoeSettings:
+    experts: int = 4
+    gate_hidden: int = 64
+
+
+@dataclass
 class TrainConfig:
     """The training loop (``lorarec train``)."""
 
-    adapter: Literal["lora"] = "lora"
+    adapter: Literal["lora", "graphlora", "reclora", "ilora", "graphmoe"] = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Rank, alpha, dropout and target modules of every adapter type."""
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    graphlora: GraphLoraSettings = field(default_factory=GraphLoraSettings)
+    ilora: ILoraSettings = field(default_factory=ILoraSettings)
+    reclora: RecLoraSettings = field(default_factory=RecLoraSettings)
+    graphmoe: GraphMoeSettings = field(default_factory=GraphMoeSettings)
     micro_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     epochs: int = 1
@@ -221,7 +275,29 @@ def load_config(
         raw = loaded
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(RunConfig, raw, origin)
+    cfg = from_dict(RunConfig, raw, origin)
+    check_adapter(cfg, origin)
+    return cfg
+
+
+def check_adapter(cfg: RunConfig, origin: str) -> None:
+    """Relations between keys that the types cannot express."""
+    t = cfg.train
+    experts = {"ilora": t.ilora.experts, "graphmoe": t.graphmoe.experts}.get(t.adapter)
+    if experts is not None and (experts < 1 or t.lora.rank % experts):
+        raise ConfigError(
+            f"{origin}: train.lora.rank={t.lora.rank} must be a multiple of "
+            f"train.{t.adapter}.experts={experts} (each expert has rank r / E)"
+        )
+    if t.adapter == "reclora" and t.reclora.banks < 1:
+        raise ConfigError(f"{origin}: train.reclora.banks must be at least 1")
+    if t.adapter in ("graphlora", "graphmoe") and (
+        not t.graph.fanouts or any(f == 0 or f < -1 for f in t.graph.fanouts)
+    ):
+        raise ConfigError(
+            f"{origin}: train.graph.fanouts must be a non-empty list of positive counts or -1, "
+            f"got {t.graph.fanouts}"
+        )
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.backbone import resolve_backbone
     from lorarec.trainer.distributed import build_ds_config
 
-    PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
+    data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
     resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
     build_ds_config(cfg, 1)
     if not args.resume and (cfg.run_dir / "checkpoints" / "latest").is_file():
@@ -228,6 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    from lorarec.trainer.adapter import prepare_adapter_inputs
+
+    prepare_adapter_inputs(cfg, data)  # SASRec, collaborative embeddings, text features
     run_dir, config_path, env = T.prepare_run_dir(cfg)
     cmd = T.launcher_command(cfg, config_path, opts)
     print(T.format_command(cmd, env), flush=True)

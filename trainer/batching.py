@@ -7,11 +7,19 @@ until they do (the candidates are never cut).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from lorarec.trainer.prompts import CTR_ANSWERS, answer_text, ctr_prompt, encode, next_item_prompt
+from lorarec.trainer.prompts import (
+    CTR_ANSWERS,
+    answer_text,
+    ctr_segments,
+    encode,
+    encode_with_placeholders,
+    next_item_segments,
+    render,
+)
 
 IGNORE = -100
 
@@ -20,6 +28,8 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE on prompt tokens
+    marks: list[tuple[int, str, int]] = field(default_factory=list)
+    """Placeholder tokens: (position, "user" | "item", id)."""
 
     @property
     def num_answer_tokens(self) -> int:
@@ -28,9 +38,18 @@ class Example:
 
 class ExampleBuilder:
     def __init__(
-        self, tokenizer, titles: list[str], task: str, history_short: int, max_length: int
+        self,
+        tokenizer,
+        titles: list[str],
+        task: str,
+        history_short: int,
+        max_length: int,
+        placeholders: frozenset[str] = frozenset(),
     ):
+        """``placeholders``: the kinds (``user``, ``item``) of placeholder tokens the adapter
+        keys on; none for plain LoRA."""
         self.tokenizer = tokenizer
+        self.placeholders = frozenset(placeholders)
         self.titles = titles
         self.ctr = task.startswith("ctr")
         self.history_short = history_short
@@ -48,13 +67,21 @@ class ExampleBuilder:
     def num_answer_tokens(self, sample: dict) -> int:
         return len(self.answer_ids(sample))
 
+    def prompt(self, sample: dict, keep: int | None = None) -> tuple[list[int], list]:
+        """Prompt token ids and placeholder marks, with the last ``keep`` history items."""
+        segments = (ctr_segments if self.ctr else next_item_segments)(
+            sample, self.titles, self.history_short if keep is None else keep
+        )
+        if not self.placeholders:
+            return encode(self.tokenizer, render(segments)), []
+        return encode_with_placeholders(self.tokenizer, segments, self.placeholders)
+
     def build(self, sample: dict) -> Example:
         answer = self.answer_ids(sample)
-        render = ctr_prompt if self.ctr else next_item_prompt
         for keep in range(self.history_short, 0, -1):
-            prompt = encode(self.tokenizer, render(sample, self.titles, keep))
+            prompt, marks = self.prompt(sample, keep)
             if len(prompt) + len(answer) <= self.max_length:
-                return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
+                return Example(prompt + answer, [IGNORE] * len(prompt) + answer, marks)
         raise ValueError(
             f"sample {sample['key']}: the prompt does not fit train.max_length={self.max_length} even with one history item"
         )

@@ -27,16 +27,23 @@ from lorarec.core.config import RunConfig
 from lorarec.core.errors import DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
-from lorarec.trainer.prompts import (
-    CTR_ANSWERS,
-    PromptStyle,
-    answer_text,
-    ctr_prompt,
-    encode,
-    next_item_prompt,
-)
+from lorarec.trainer.prompts import CTR_ANSWERS, answer_text, encode
 
 log = logging.getLogger(__name__)
+
+Condition = Callable[[list[int], int, bool], Any]
+"""``condition(rows, width, left_pad)``: the adapter's conditioning for prompts ``rows`` padded
+to ``width`` (None for adapters without conditioning)."""
+
+
+def _bound(model, cond, device):
+    import contextlib
+
+    if cond is None:
+        return contextlib.nullcontext()
+    from lorarec.adapters import bind_conditioning
+
+    return bind_conditioning(model, cond.to(device))
 
 
 # ------------------------------------------------------------------ LLM scoring
@@ -44,14 +51,19 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def candidate_log_likelihoods(
-    model, prompt_ids: list[int], candidate_ids: list[list[int]]
+    model, prompt_ids: list[int], candidate_ids: list[list[int]], cond=None
 ) -> np.ndarray:
     """Mean per-token log-probability of each candidate continuation after the prompt.
 
     One forward pass over the prompt; its KV cache is repeated for the candidates, which run
-    together as one right-padded batch.
+    together as one right-padded batch. ``cond``: the prompt's conditioning (one row).
     """
     device = next(model.parameters()).device
+    with _bound(model, cond, device):
+        return _candidate_log_likelihoods(model, prompt_ids, candidate_ids, device)
+
+
+def _candidate_log_likelihoods(model, prompt_ids, candidate_ids, device) -> np.ndarray:
     k = len(candidate_ids)
     prompt = torch.tensor([prompt_ids], device=device)
     out = model(input_ids=prompt, use_cache=True)
@@ -76,13 +88,15 @@ def candidate_log_likelihoods(
 
 @torch.no_grad()
 def candidate_log_likelihoods_reference(
-    model, prompt_ids: list[int], candidate_ids: list[list[int]]
+    model, prompt_ids: list[int], candidate_ids: list[list[int]], cond_for=None
 ) -> np.ndarray:
-    """The straightforward version (prompt re-run for each candidate), for tests."""
+    """The straightforward version (prompt re-run for each candidate), for tests;
+    ``cond_for(length)`` gives the conditioning of the prompt followed by ``length`` tokens."""
     out = []
     for cand in candidate_ids:
         ids = torch.tensor([prompt_ids + cand])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        extra = {} if cond_for is None else {"conditioning": cond_for(len(cand))}
+        logp = torch.log_softmax(model(input_ids=ids, **extra).logits[0].float(), dim=-1)
         pos = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(cand) - 1)
         out.append(float(logp[pos, torch.tensor(cand)].mean()))
     return np.array(out)
@@ -100,21 +114,29 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def greedy_answers(
-    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    condition: Condition | None = None,
 ) -> list[str]:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = _left_pad(prompts[start : start + batch_size], pad)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        rows = list(range(start, min(start + batch_size, len(prompts))))
+        ids, mask = _left_pad([prompts[i] for i in rows], pad)
+        cond = condition(rows, ids.shape[1], True) if condition else None
+        with _bound(model, cond, device):
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         answers += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     return answers
 
@@ -128,24 +150,31 @@ def parse_answer(answer: str, candidate_titles: list[str]) -> int | None:
 
 @torch.no_grad()
 def yes_probabilities(
-    model, tokenizer, prompts: list[list[int]], batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    batch_size: int = 8,
+    condition: Condition | None = None,
 ) -> np.ndarray:
     device = next(model.parameters()).device
     yes, no = (encode(tokenizer, a)[0] for a in CTR_ANSWERS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     probs = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = _left_pad(prompts[start : start + batch_size], pad)
+        rows = list(range(start, min(start + batch_size, len(prompts))))
+        ids, mask = _left_pad([prompts[i] for i in rows], pad)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = (
-            model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
+        cond = condition(rows, ids.shape[1], True) if condition else None
+        with _bound(model, cond, device):
+            logits = (
+                model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                )
+                .logits[:, -1]
+                .float()
             )
-            .logits[:, -1]
-            .float()
-        )
         probs.append(torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].cpu().numpy())
     return np.concatenate(probs)
 
@@ -168,15 +197,36 @@ def evaluate_llm(
     cfg: RunConfig,
     label: str,
     progress: bool = True,
+    conditioning=None,
 ) -> dict[str, Any]:
+    """``conditioning``: the adapter's ConditioningBuilder (None: plain LoRA or zero-shot)."""
     from tqdm import tqdm
 
+    from lorarec.trainer.batching import ExampleBuilder
+
     titles = data.titles
-    hs = cfg.data.history_short
+    kinds = conditioning.kinds if conditioning is not None else frozenset()
+    builder = ExampleBuilder(
+        tokenizer, titles, data.task, cfg.data.history_short, 1 << 30, placeholders=kinds
+    )
+    built = [builder.prompt(s) for s in samples]
+    prompts = [p for p, _ in built]
+    condition = None
+    if conditioning is not None and conditioning.active:
+
+        def condition(rows: list[int], width: int, left_pad: bool):
+            return conditioning.build(
+                [samples[i] for i in rows],
+                [built[i][1] for i in rows],
+                [len(prompts[i]) for i in rows],
+                width,
+                seed=cfg.eval.seed * 1_000_003 + rows[0],
+                left_pad=left_pad,
+            )
+
     out: dict[str, Any] = {}
     if data.task.startswith("ctr"):
-        prompts = [encode(tokenizer, ctr_prompt(s, titles, hs)) for s in samples]
-        probs = yes_probabilities(model, tokenizer, prompts)
+        probs = yes_probabilities(model, tokenizer, prompts, condition=condition)
         out[f"{label}"] = {
             "n": len(samples),
             "metrics": M.ctr_report(
@@ -189,7 +239,6 @@ def evaluate_llm(
         }
         return out
     target_index = np.array([s["candidates"].index(s["target"]) for s in samples])
-    prompts = [encode(tokenizer, next_item_prompt(s, titles, hs, PromptStyle())) for s in samples]
     if "likelihood" in cfg.eval.llm_methods:
         title_ids: dict[int, list[int]] = {}
         for s in samples:
@@ -197,11 +246,12 @@ def evaluate_llm(
                 if c not in title_ids:
                     title_ids[c] = encode(tokenizer, answer_text(titles[c]))
         scores = []
-        for s, p in tqdm(
-            list(zip(samples, prompts)), desc=f"{label} likelihood", disable=not progress
+        for row, (s, p) in enumerate(
+            tqdm(list(zip(samples, prompts)), desc=f"{label} likelihood", disable=not progress)
         ):
+            cond = condition([row], len(p), False) if condition else None
             scores.append(
-                candidate_log_likelihoods(model, p, [title_ids[c] for c in s["candidates"]])
+                candidate_log_likelihoods(model, p, [title_ids[c] for c in s["candidates"]], cond)
             )
         ranks = M.target_ranks(np.stack(scores), target_index)
         out[f"{label} (likelihood)"] = {
@@ -209,7 +259,9 @@ def evaluate_llm(
             "metrics": M.ranking_report(ranks, cfg.eval.bootstrap, cfg.eval.seed),
         }
     if "generation" in cfg.eval.llm_methods:
-        answers = greedy_answers(model, tokenizer, prompts, cfg.eval.max_new_tokens)
+        answers = greedy_answers(
+            model, tokenizer, prompts, cfg.eval.max_new_tokens, condition=condition
+        )
         picked = [
             parse_answer(a, [titles[c] for c in s["candidates"]]) for a, s in zip(answers, samples)
         ]
@@ -374,18 +426,51 @@ def run_evaluation(
 
         model, tokenizer = load_backbone(cfg.model)
         label = f"llm {cfg.model.backbone}"
+        conditioning = None
         if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter)
-            model.eval()
-            label += f" + {Path(adapter).name}"
+            model, conditioning = load_adapter(model, adapter, cfg, data)
+            label += f" + {cfg.train.adapter} ({Path(adapter).name})"
         else:
             label += " zero-shot"
         results["methods"].update(
-            evaluate_llm(model, tokenizer, data, [samples[i] for i in subset], cfg, label, progress)
+            evaluate_llm(
+                model,
+                tokenizer,
+                data,
+                [samples[i] for i in subset],
+                cfg,
+                label,
+                progress,
+                conditioning=conditioning,
+            )
         )
     return results
+
+
+def load_adapter(model, adapter: str, cfg: RunConfig, data: PreparedData):
+    """The backbone with the trained adapter at ``adapter``, and its ConditioningBuilder
+    (built from ``cfg``, whose ``train.adapter`` must name the adapter's type)."""
+    import json
+
+    import lorarec.adapters  # noqa: F401  (registers the lorarec PEFT methods)
+    from lorarec.core.errors import ConfigError
+    from lorarec.trainer.adapter import load_sasrec
+    from lorarec.trainer.conditioning import SEQUENCE_ADAPTERS, ConditioningBuilder
+
+    config_file = Path(adapter) / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    kind = str(json.loads(config_file.read_text()).get("peft_type", "")).lower()
+    if kind != cfg.train.adapter:
+        raise ConfigError(
+            f"{config_file}: the adapter is {kind!r} but train.adapter is {cfg.train.adapter!r}"
+        )
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    sasrec = load_sasrec(cfg, data, create=True) if kind in SEQUENCE_ADAPTERS else None
+    return model, ConditioningBuilder(cfg, data, sasrec)
 
 
 # ------------------------------------------------------------------- reporting

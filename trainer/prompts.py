@@ -21,38 +21,107 @@ class PromptStyle:
     verb: str = "watched"
 
 
+Segment = str | tuple[str, int]
+"""A piece of prompt text, or a placeholder ``("user", user_id)`` / ``("item", item_id)``."""
+
+
+def next_item_segments(
+    sample: dict, titles: list[str], history_short: int, style: PromptStyle = PromptStyle()
+) -> list[Segment]:
+    history = _titled(sample["history"][-history_short:], titles, [""] * history_short)
+    candidates = _titled(sample["candidates"], titles, [""] * len(sample["candidates"]))
+    n = len(sample["candidates"])
+    return [
+        "This user",
+        ("user", sample["user"]),
+        f" has {style.verb} ",
+        *history,
+        " in the previous. "
+        f"Please predict the next {style.item_noun} this user will {style.verb.removesuffix('ed')}. "
+        f"Choose the answer from the following {n} {style.item_noun} titles: ",
+        *candidates,
+        ". Answer:",
+    ]
+
+
+def ctr_segments(
+    sample: dict, titles: list[str], history_short: int, style: PromptStyle = PromptStyle()
+) -> list[Segment]:
+    hist = sample["history"][-history_short:]
+    ratings = sample.get("history_ratings", [])[-history_short:]
+    if ratings:
+        head = f" has {style.verb} these {style.item_noun_plural}, rated from 1 to 5: "
+        body = _titled(hist, titles, [f" (rated {r})" for r in ratings])
+    else:
+        head = f" has {style.verb} these {style.item_noun_plural}: "
+        body = _titled(hist, titles, [""] * len(hist))
+    return [
+        "The user",
+        ("user", sample["user"]),
+        head,
+        *body,
+        f". Will the user like the {style.item_noun} ",
+        titles[sample["target"]],
+        ("item", sample["target"]),
+        "? Answer Yes or No. Answer:",
+    ]
+
+
+def _titled(items: list[int], titles: list[str], suffixes: list[str]) -> list[Segment]:
+    out: list[Segment] = []
+    for k, (i, suffix) in enumerate(zip(items, suffixes)):
+        if k:
+            out.append(", ")
+        out += [titles[i], ("item", i)]
+        if suffix:
+            out.append(suffix)
+    return out
+
+
+def render(segments: list[Segment]) -> str:
+    """The prompt text without placeholders."""
+    return "".join(s for s in segments if isinstance(s, str))
+
+
 def next_item_prompt(
     sample: dict, titles: list[str], history_short: int, style: PromptStyle = PromptStyle()
 ) -> str:
-    history = ", ".join(titles[i] for i in sample["history"][-history_short:])
-    candidates = ", ".join(titles[i] for i in sample["candidates"])
-    n = len(sample["candidates"])
-    return (
-        f"This user has {style.verb} {history} in the previous. "
-        f"Please predict the next {style.item_noun} this user will {style.verb.removesuffix('ed')}. "
-        f"Choose the answer from the following {n} {style.item_noun} titles: {candidates}. Answer:"
-    )
+    return render(next_item_segments(sample, titles, history_short, style))
 
 
 def ctr_prompt(
     sample: dict, titles: list[str], history_short: int, style: PromptStyle = PromptStyle()
 ) -> str:
-    hist = sample["history"][-history_short:]
-    ratings = (
-        sample.get("history_ratings", [])[-history_short:] if "history_ratings" in sample else None
-    )
-    if ratings:
-        shown = ", ".join(f"{titles[i]} (rated {r})" for i, r in zip(hist, ratings))
-        intro = (
-            f"The user has {style.verb} these {style.item_noun_plural}, rated from 1 to 5: {shown}."
-        )
-    else:
-        intro = (
-            f"The user has {style.verb} these {style.item_noun_plural}: "
-            + ", ".join(titles[i] for i in hist)
-            + "."
-        )
-    return f"{intro} Will the user like the {style.item_noun} {titles[sample['target']]}? Answer Yes or No. Answer:"
+    return render(ctr_segments(sample, titles, history_short, style))
+
+
+PLACEHOLDER_TEXT = " #"
+"""Where a placeholder stands, the prompt holds this text; its last token is the placeholder
+token (the adapters key on its position, not its id)."""
+
+
+def encode_with_placeholders(
+    tokenizer, segments: list[Segment], kinds: frozenset[str]
+) -> tuple[list[int], list[tuple[int, str, int]]]:
+    """Token ids of the prompt with placeholders of ``kinds`` inserted, and the marks
+    ``(position, kind, id)``. Text segments are tokenised one by one."""
+    marker = encode(tokenizer, PLACEHOLDER_TEXT)
+    ids: list[int] = []
+    marks: list[tuple[int, str, int]] = []
+    text = ""
+    for seg in segments:
+        if isinstance(seg, str):
+            text += seg
+            continue
+        if seg[0] not in kinds:
+            continue
+        ids += encode(tokenizer, text) if text else []
+        text = ""
+        ids += marker
+        marks.append((len(ids) - 1, seg[0], int(seg[1])))
+    if text:
+        ids += encode(tokenizer, text)
+    return ids, marks
 
 
 def answer_text(title: str) -> str:

@@ -29,7 +29,13 @@ import torch
 
 from lorarec.core.config import RunConfig
 from lorarec.data.prepared import PreparedData
+from lorarec.trainer.adapter import attach_adapter, load_sasrec
 from lorarec.trainer.batching import ExampleBuilder, answer_token_loss_sum, collate
+from lorarec.trainer.conditioning import (
+    SEQUENCE_ADAPTERS,
+    ConditioningBuilder,
+    placeholder_kinds,
+)
 from lorarec.trainer.data_stream import TrainStream
 from lorarec.trainer.distributed import DeepSpeedStrategy
 
@@ -78,6 +84,7 @@ class LoraRecipe:
         self.cfg = cfg
         self.run_dir = run_dir
         self.resume = resume
+        self.data = None
         self.strategy = DeepSpeedStrategy(cfg)
         self.ckpt_dir = run_dir / "checkpoints"
 
@@ -92,8 +99,17 @@ class LoraRecipe:
         model, self.tokenizer = s.load_backbone()
         self.param_bytes_backbone = s.parameter_bytes(model)
         model = self.attach_adapter(model)
+        sasrec = None
+        if cfg.train.adapter in SEQUENCE_ADAPTERS:
+            sasrec = load_sasrec(cfg, self.data, create=False)
+        self.conditioning = ConditioningBuilder(cfg, self.data, sasrec)
         self.builder = ExampleBuilder(
-            self.tokenizer, self.data.titles, task, cfg.data.history_short, cfg.train.max_length
+            self.tokenizer,
+            self.data.titles,
+            task,
+            cfg.data.history_short,
+            cfg.train.max_length,
+            placeholder_kinds(cfg),
         )
         n_train = self.data.manifest["tasks"][task]["samples"]["train"]
         self.stream = TrainStream(
@@ -153,18 +169,20 @@ class LoraRecipe:
             )
 
     def attach_adapter(self, model):
-        from peft import LoraConfig, get_peft_model
+        return attach_adapter(model, self.cfg, self.data)
 
-        lc = self.cfg.train.lora
-        torch.manual_seed(self.cfg.train.seed)  # the same adapter initialisation on every rank
-        peft_cfg = LoraConfig(
-            r=lc.rank,
-            lora_alpha=lc.alpha,
-            lora_dropout=lc.dropout,
-            target_modules=list(lc.target_modules),
-            task_type="CAUSAL_LM",
+    def batch(self, samples: list[dict], weights: list[float] | None, seed: int):
+        """Token tensors and the adapter's conditioning for one micro-batch."""
+        examples = [self.builder.build(x) for x in samples]
+        batch = collate(examples, self.tokenizer.pad_token_id, weights=weights)
+        cond = self.conditioning.build(
+            samples,
+            [e.marks for e in examples],
+            [len(e.input_ids) for e in examples],
+            batch["input_ids"].shape[1],
+            seed=seed,
         )
-        return get_peft_model(model, peft_cfg)
+        return batch, cond
 
     # ------------------------------------------------------------------- train
 
@@ -227,25 +245,21 @@ class LoraRecipe:
         scale = s.world_size * self.stream.accum / step_answer_tokens
         build_start = time.perf_counter()
         batches = []
-        for micro in step.mine:
+        for m, micro in enumerate(step.mine):
+            # neighbourhood sampling seeded by the step and the slot: a resumed run repeats it
+            seed = (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + m * s.world_size
+            seed += s.rank
             if micro:
-                batches.append(
-                    collate([self.builder.build(x) for x in micro], self.tokenizer.pad_token_id)
-                )
+                batches.append(self.batch(micro, None, seed))
             else:  # an empty slot of the last step: a zero-weight placeholder keeps the ranks in step
-                batches.append(
-                    collate(
-                        [self.builder.build(step.slots[0][0])],
-                        self.tokenizer.pad_token_id,
-                        weights=[0.0],
-                    )
-                )
+                batches.append(self.batch([step.slots[0][0]], [0.0], seed))
         data_wait += time.perf_counter() - build_start
         loss_sum = tokens = 0.0
-        for batch in batches:
+        for batch, cond in batches:
             batch = {k: v.to(s.device) for k, v in batch.items()}
+            extra = {} if cond is None else {"conditioning": cond.to(s.device)}
             logits = self.engine(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra
             ).logits
             micro_loss = answer_token_loss_sum(logits, batch["labels"])
             self.engine.backward(micro_loss * scale)
@@ -308,11 +322,13 @@ class LoraRecipe:
         module = self.engine.module
         module.eval()
         probe_samples = self.data.samples("test")[:2]
-        probe = collate([self.builder.build(x) for x in probe_samples], self.tokenizer.pad_token_id)
+        probe, cond = self.batch(probe_samples, None, seed=self.cfg.train.seed)
+        extra = {} if cond is None else {"conditioning": cond.to(s.device)}
         with torch.no_grad():
             logits = self.engine(
                 input_ids=probe["input_ids"].to(s.device),
                 attention_mask=probe["attention_mask"].to(s.device),
+                **extra,
             ).logits
         trainable = [p for p in module.parameters() if p.requires_grad]
         with s.gathered(trainable):
@@ -329,6 +345,7 @@ class LoraRecipe:
                         "input_ids": probe["input_ids"],
                         "attention_mask": probe["attention_mask"],
                         "logits": logits.float().cpu().contiguous(),
+                        **({} if cond is None else cond.to_tensors()),
                     },
                     str(self.run_dir / "probe.safetensors"),
                 )

@@ -88,7 +88,6 @@ class GraphLoraModel(AdapterTuner):
     tuner_layer_cls = GraphLoraLayer
     layer_cls = GraphLoraLinear
     shared_names = ("gnn",)
-    zero3_leaf_modules = (GraphEncoder,)
 
     def make_shared(self, what: str, config) -> torch.nn.Module:
         return make_graph_encoder(config, config.r)

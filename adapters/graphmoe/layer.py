@@ -19,8 +19,6 @@ import torch
 from torch import nn
 
 from lorarec.adapters.conditioning import expand_batch
-from lorarec.adapters.core import LowRankBank
-from lorarec.adapters.graphlora.gnn import GraphEncoder
 from lorarec.adapters.graphlora.layer import GraphConfigMixin, make_graph_encoder
 from lorarec.adapters.ilora.layer import Gate, ILoraLayer
 from lorarec.adapters.tuner import (
@@ -67,7 +65,6 @@ class GraphMoeModel(AdapterTuner):
     tuner_layer_cls = GraphMoeLayer
     layer_cls = GraphMoeLinear
     shared_names = ("gnn", "gate")
-    zero3_leaf_modules = (GraphEncoder, Gate, LowRankBank)
 
     def make_shared(self, what: str, config) -> nn.Module:
         width = config.node_dim_out or config.r

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from lorarec.adapters.conditioning import expand_batch
-from lorarec.adapters.core import LowRankBank
 from lorarec.adapters.tuner import (
     AdapterConfig,
     AdapterLayer,
@@ -102,7 +101,6 @@ class ILoraModel(AdapterTuner):
     tuner_layer_cls = ILoraLayer
     layer_cls = ILoraLinear
     shared_names = ("gate", "projector")
-    zero3_leaf_modules = (Gate, Projector, LowRankBank)
 
     def make_shared(self, what: str, config) -> nn.Module:
         if what == "gate":

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from lorarec.adapters.conditioning import expand_batch
-from lorarec.adapters.core import LowRankBank
 from lorarec.adapters.tuner import (
     AdapterConfig,
     AdapterLayer,
@@ -103,7 +102,6 @@ class RecLoraModel(AdapterTuner):
     prefix = "reclora_"
     tuner_layer_cls = RecLoraLayer
     layer_cls = RecLoraLinear
-    zero3_leaf_modules = (Router, LowRankBank)
 
     def _derive(self, name: str, cond, forward: dict) -> dict:
         cond.require("reclora", "sequence_state")

@@ -1,0 +1,135 @@
+"""Collaborative node embeddings that GraphLoRA's and GraphMoE's graph networks start from.
+
+The reference pre-trains matrix factorisation; here BPR-trained LightGCN (default) or MF on the
+training graph only (users ``0..U-1``, items ``U..``), full-graph propagation with
+``D^-1/2 A D^-1/2``. The result (the layer-0 embeddings, which the adapter's own graph network
+propagates) is cached in ``$LORAREC_HOME/collab/<key>``, keyed by the prepared data's manifest
+and the settings, and computed once in the launching process, before the ranks start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def normalised_adjacency(indptr: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+    n = len(indptr) - 1
+    deg = np.diff(indptr).astype(np.float64)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    w = 1.0 / np.sqrt(np.maximum(deg[rows], 1) * np.maximum(deg[indices], 1))
+    return torch.sparse_coo_tensor(
+        torch.as_tensor(np.stack([rows, indices])),
+        torch.as_tensor(w, dtype=torch.float32),
+        (n, n),
+        check_invariants=False,
+    ).coalesce()
+
+
+def train_collaborative(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    num_users: int,
+    dim: int,
+    kind: str = "lightgcn",
+    epochs: int = 30,
+    layers: int = 2,
+    lr: float = 1e-2,
+    batch_size: int = 8192,
+    weight_decay: float = 1e-4,
+    seed: int = 42,
+) -> tuple[np.ndarray, dict]:
+    """BPR on the user-item edges; returns the (nodes, dim) embeddings and a summary."""
+    n = len(indptr) - 1
+    g = torch.Generator().manual_seed(seed)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    user_edges = rows < num_users
+    pos_u = torch.as_tensor(rows[user_edges])
+    pos_i = torch.as_tensor(np.asarray(indices)[user_edges], dtype=torch.long)
+    if len(pos_u) == 0:
+        raise ValueError("the training graph has no user-item edges")
+    emb = torch.nn.Parameter(torch.randn(n, dim, generator=g) * 0.1)
+    adj = normalised_adjacency(indptr, indices) if kind == "lightgcn" else None
+    opt = torch.optim.Adam([emb], lr=lr)
+    num_items = n - num_users
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(pos_u), generator=g)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            u, i = pos_u[idx], pos_i[idx]
+            j = num_users + torch.randint(0, num_items, (len(idx),), generator=g)
+            if adj is not None:
+                outs, x = [emb], emb
+                for _ in range(layers):
+                    x = torch.sparse.mm(adj, x)
+                    outs.append(x)
+                final = torch.stack(outs).mean(0)
+            else:
+                final = emb
+            eu, ei, ej = final[u], final[i], final[j]
+            loss = -torch.nn.functional.logsigmoid((eu * ei).sum(-1) - (eu * ej).sum(-1)).mean()
+            reg = weight_decay * (emb[u].pow(2).sum() + emb[i].pow(2).sum() + emb[j].pow(2).sum())
+            opt.zero_grad()
+            (loss + reg / len(idx)).backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / len(order))
+    return emb.detach().numpy(), {"kind": kind, "epochs": epochs, "final_bpr_loss": losses[-1]}
+
+
+def collab_cache_dir(data, settings: dict) -> Path:
+    from lorarec.core.assets import lorarec_home
+
+    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
+    key = {"manifest_sha256": manifest_sha, "task": data.task, **settings}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return lorarec_home() / "collab" / digest
+
+
+def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) -> np.ndarray:
+    """The cached embeddings for ``data`` and ``train.graph`` settings; trained when missing
+    and ``create`` (the launching process), an error otherwise (a rank)."""
+    from safetensors.numpy import load_file, save_file
+
+    from lorarec.core.errors import AssetError
+    from lorarec.core.io import atomic_path
+
+    settings = {
+        "kind": graph_cfg.init,
+        "dim": graph_cfg.node_dim,
+        "epochs": graph_cfg.init_epochs,
+        "seed": seed,
+    }
+    path = collab_cache_dir(data, settings)
+    file = path / "embeddings.safetensors"
+    if file.is_file():
+        return load_file(str(file))["embeddings"]
+    if not create:
+        raise AssetError(f"collaborative embeddings missing from {path}")
+    indptr, indices = data.graph()
+    emb, summary = train_collaborative(
+        indptr,
+        indices,
+        data.num_users,
+        graph_cfg.node_dim,
+        kind=graph_cfg.init,
+        epochs=graph_cfg.init_epochs,
+        seed=seed,
+    )
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file({"embeddings": emb.astype(np.float32)}, str(tmp / "embeddings.safetensors"))
+        (tmp / "summary.json").write_text(json.dumps({**settings, **summary}, indent=1))
+    log.info(
+        "collaborative %s embeddings: BPR loss %.4f", graph_cfg.init, summary["final_bpr_loss"]
+    )
+    return emb.astype(np.float32)

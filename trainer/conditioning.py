@@ -1,0 +1,104 @@
+"""Per-batch conditioning of the adapters, built next to the token batch it describes.
+
+* GraphLoRA: placeholder tokens for the user and every item in the prompt; the batch's
+  k-hop neighbourhood of those nodes (``train.graph.fanouts``) from the sampler, with
+  full-graph ``1/sqrt(deg u deg v)`` edge weights; ``node_index`` maps each placeholder token to
+  its subgraph node.
+* GraphMoE: the neighbourhood of the batch's users; ``user_node`` indexes them.
+* iLoRA, RecLoRA: the frozen SASRec's representation of each sample's long history
+  (``data.history_long`` items); with iLoRA's hybrid prompt, item placeholder tokens and the
+  SASRec item table.
+
+Node ids: users ``0..U-1``, items ``U + item``. Neighbourhood sampling is seeded by the caller
+(step and micro-batch in training, sample index in evaluation), so a resumed run and a repeated
+evaluation see the same subgraphs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lorarec.adapters.conditioning import Conditioning, GraphBatch
+from lorarec.adapters.graphlora.gnn import symmetric_weights
+from lorarec.graph_service.sampler import NeighborSampler
+
+GRAPH_ADAPTERS = ("graphlora", "graphmoe")
+SEQUENCE_ADAPTERS = ("ilora", "reclora")
+
+
+def placeholder_kinds(cfg) -> frozenset[str]:
+    t = cfg.train
+    if t.adapter == "graphlora":
+        return frozenset({"user", "item"})
+    if t.adapter == "ilora" and t.ilora.hybrid_prompt:
+        return frozenset({"item"})
+    return frozenset()
+
+
+class ConditioningBuilder:
+    def __init__(self, cfg, data, sasrec=None):
+        self.adapter = cfg.train.adapter
+        self.kinds = placeholder_kinds(cfg)
+        self.num_users = data.num_users
+        if self.adapter in GRAPH_ADAPTERS:
+            indptr, indices = data.graph()
+            self.sampler = NeighborSampler(indptr, indices)
+            self.degrees = torch.as_tensor(np.diff(np.asarray(indptr)))
+            self.fanouts = list(cfg.train.graph.fanouts)
+        if self.adapter in SEQUENCE_ADAPTERS:
+            if sasrec is None:
+                raise ValueError(f"{self.adapter} needs the frozen SASRec")
+            self.sasrec = sasrec.eval().requires_grad_(False)
+            self.history_long = cfg.data.history_long
+            self.item_table = self.sasrec.item_embeddings().detach().clone()
+
+    @property
+    def active(self) -> bool:
+        return self.adapter != "lora"
+
+    def build(
+        self,
+        samples: list[dict],
+        marks: list[list[tuple[int, str, int]]],
+        lengths: list[int],
+        width: int,
+        seed: int,
+        left_pad: bool = False,
+    ) -> Conditioning | None:
+        """Conditioning for a padded batch: ``marks`` and ``lengths`` of each row's tokens,
+        ``width`` the padded length (rows right-padded unless ``left_pad``)."""
+        if not self.active:
+            return None
+        cond = Conditioning()
+        offsets = [width - n if left_pad else 0 for n in lengths]
+        if self.adapter in SEQUENCE_ADAPTERS:
+            with torch.no_grad():
+                hist = [s["history"][-self.history_long :] for s in samples]
+                cond.sequence_state = self.sasrec.sequence_representation(hist).detach()
+            if "item" in self.kinds:
+                index = torch.full((len(samples), width), -1, dtype=torch.long)
+                for row, (m, off) in enumerate(zip(marks, offsets)):
+                    for pos, kind, ident in m:
+                        if kind == "item":
+                            index[row, off + pos] = ident
+                cond.item_index, cond.item_table = index, self.item_table
+        if self.adapter in GRAPH_ADAPTERS:
+            node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
+            users = [int(s["user"]) for s in samples]
+            seeds = list(users)
+            for m in marks:
+                seeds += [node_of[kind](ident) for _, kind, ident in m]
+            sub = self.sampler.sample(np.array(seeds, dtype=np.int64), self.fanouts, seed)
+            nodes = torch.as_tensor(sub.nodes, dtype=torch.long)
+            edge_index = torch.as_tensor(sub.edge_index, dtype=torch.long)
+            weights = symmetric_weights(nodes[edge_index], self.degrees)
+            cond.graph = GraphBatch(nodes, edge_index, weights)
+            local = {int(n): i for i, n in enumerate(sub.nodes.tolist())}
+            cond.user_node = torch.tensor([local[u] for u in users], dtype=torch.long)
+            index = torch.full((len(samples), width), -1, dtype=torch.long)
+            for row, (m, off) in enumerate(zip(marks, offsets)):
+                for pos, kind, ident in m:
+                    index[row, off + pos] = local[node_of[kind](ident)]
+            cond.node_index = index
+        return cond
