@@ -109,12 +109,24 @@ class LowRankBank(nn.Module):
         x: torch.Tensor,
         weights: torch.Tensor | None = None,
         shift: torch.Tensor | None = None,
-        a: float = 1.0,
+        a: float | torch.Tensor = 1.0,
         mixing: str = "outputs",
+        per_sample: bool = False,
     ) -> torch.Tensor:
         """What :meth:`forward` computes, written the straightforward way of the reference code:
-        a Python loop over banks (experts), or over samples when factors are mixed per sample.
-        For tests and benchmarks."""
+        a Python loop over banks (experts), or over samples when factors are mixed per sample
+        (or when ``per_sample``). For tests and benchmarks."""
+        if per_sample and x.shape[0] > 1:
+
+            def row(t, i):
+                return t[i : i + 1] if isinstance(t, torch.Tensor) and t.ndim > 0 else t
+
+            return torch.cat(
+                [
+                    self.reference(x[i : i + 1], row(weights, i), row(shift, i), row(a, i), mixing)
+                    for i in range(x.shape[0])
+                ]
+            )
         if weights is None:
             weights = x.new_ones(x.shape[0], self.banks)
         if mixing == "weights" and self.banks > 1:

@@ -174,8 +174,21 @@ class AdapterLayer(BaseTunerLayer):
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def low_rank(self, name: str, x: torch.Tensor, **kw) -> torch.Tensor:
+        """The adapter's bank applied to ``x`` (batched, or the reference loops)."""
+        bank = self.banks[name]
+        if getattr(self, "reference", False):
+            return bank.reference(x, per_sample=self.reference_per_sample, **kw)
+        return bank(x, **kw)
+
+    reference_per_sample = False
+
 
 class AdapterLinear(nn.Module, AdapterLayer):
+    reference = False
+    """True (set per instance, by benchmarks and tests): compute the update the straightforward
+    way (:meth:`LowRankBank.reference`: loops over experts or samples)."""
+
     def __init__(self, base_layer, adapter_name, config, context, key):
         super().__init__()
         self._init_layer(base_layer, context, key)

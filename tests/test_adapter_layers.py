@@ -292,3 +292,16 @@ def test_generate_with_bound_conditioning_and_beams(backbone, ids):
         b = model.generate(input_ids=ids, **kw)
         c = model.generate(input_ids=ids, num_beams=2, **kw)
     assert torch.equal(a, b) and c.shape == a.shape
+
+
+@pytest.mark.parametrize("name,kw", VARIANTS, ids=IDS)
+def test_reference_loops_equal_the_batched_adapter(backbone, ids, name, kw):
+    """The straightforward per-expert / per-sample code the benchmark compares against
+    computes the same outputs."""
+    model = adapt(backbone, config(name, init_weights=False, **kw))
+    cond = make_conditioning()
+    batched = logits(model, ids, cond)
+    for m in model.modules():
+        if hasattr(m, "reference_per_sample"):
+            m.reference = True
+    torch.testing.assert_close(logits(model, ids, cond), batched, **TOL)

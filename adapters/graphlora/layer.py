@@ -73,14 +73,15 @@ class GraphLoraLayer(AdapterLayer):
 
 
 class GraphLoraLinear(AdapterLinear, GraphLoraLayer):
+    reference_per_sample = True  # the reference code handles each sample's node tokens alone
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
         cfg = self.settings[name]
         g = state["node_states"]  # (batch, tokens, r), zero where a token stands for no node
         in_graph = cfg.graph_layers is None or self.layer_index in cfg.graph_layers
         if g is None or not in_graph:
-            return self.banks[name](x)  # B(A x)
+            return self.low_rank(name, x)  # B(A x)
         a = state["a"]  # a at node tokens, 1 elsewhere
-        return self.banks[name](x, a=a, shift=cfg.b * g)  # B(a * A x + b * g(node))
+        return self.low_rank(name, x, a=a, shift=cfg.b * g)  # B(a * A x + b * g(node))
 
 
 class GraphLoraModel(AdapterTuner):

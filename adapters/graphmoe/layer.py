@@ -57,7 +57,7 @@ class GraphMoeLayer(ILoraLayer):
 
 class GraphMoeLinear(AdapterLinear, GraphMoeLayer):
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
-        return self.banks[name](x, weights=state["gate"])  # sum_i g_i B_i (A_i x)
+        return self.low_rank(name, x, weights=state["gate"])  # sum_i g_i B_i (A_i x)
 
 
 class GraphMoeModel(AdapterTuner):

@@ -93,7 +93,7 @@ class ILoraLayer(AdapterLayer):
 
 class ILoraLinear(AdapterLinear, ILoraLayer):
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
-        return self.banks[name](x, weights=state["gate"])  # sum_i g_i B_i (A_i x)
+        return self.low_rank(name, x, weights=state["gate"])  # sum_i g_i B_i (A_i x)
 
 
 class ILoraModel(AdapterTuner):

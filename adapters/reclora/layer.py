@@ -95,7 +95,7 @@ class RecLoraLayer(AdapterLayer):
 class RecLoraLinear(AdapterLinear, RecLoraLayer):
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
         w = self.reclora_router[name](state["sequence_state"])  # (batch, K)
-        return self.banks[name](x, weights=w, mixing=self.settings[name].mixing)
+        return self.low_rank(name, x, weights=w, mixing=self.settings[name].mixing)
 
 
 class RecLoraModel(AdapterTuner):
