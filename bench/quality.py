@@ -7,7 +7,7 @@ likelihood ranking of the 20 fixed candidates on the same seeded subset of test 
 baselines are evaluated on that subset too. A run directory that already holds results is
 reused, so an interrupted benchmark continues where it stopped.
 
-    python bench/quality.py                          # SmolLM2-135M, configs/demo.yaml budget
+    python bench/quality.py                          # SmolLM2-135M, the demo budget (30 steps)
     python bench/quality.py --steps 200 --llm-limit 200
     python bench/quality.py --quick                  # tiny backbone, a few steps: a smoke run
     python bench/quality.py --json PATH              # default bench/results/quality.json
@@ -81,14 +81,16 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.config = "configs/tiny.yaml"
-    args.steps = args.steps or (4 if args.quick else 100)
+    args.steps = args.steps or (4 if args.quick else 30)
     args.llm_limit = args.llm_limit or (8 if args.quick else 100)
     tag = f"{Path(args.config).stem}-s{args.steps}-u{args.llm_limit}"
     start = time.perf_counter()
     rows = {a: train(a, args, Path(args.runs) / tag / a) for a in args.adapters}
     first = rows[args.adapters[0]]
     baselines = {
-        k.replace(" (llm subset)", ""): v for k, v in first["baselines"].items() if "llm subset" in k
+        k.replace(" (llm subset)", ""): v
+        for k, v in first["baselines"].items()
+        if "llm subset" in k
     }
     lines = [
         f"ML-100K next item, test, {first['n']} users (the LLM subset), 20 fixed candidates; "
@@ -117,7 +119,9 @@ def main() -> None:
             "config": args.config,
             "steps": args.steps,
             "llm_limit": args.llm_limit,
-            "adapters": {a: {k: v for k, v in r.items() if k != "baselines"} for a, r in rows.items()},
+            "adapters": {
+                a: {k: v for k, v in r.items() if k != "baselines"} for a, r in rows.items()
+            },
             "baselines": baselines,
             "table": table,
             "seconds": round(time.perf_counter() - start, 1),

@@ -25,3 +25,10 @@ def ml100k_prepared(ml100k_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("ml100k") / "prepared"
     assert main(["data", "prepare", "ml-100k", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The fetched all-MiniLM-L6-v2 (item text features of the graph adapters)."""
+    assets.fetch("minilm", quiet=True)
+    return assets.asset_path("minilm")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -305,3 +306,39 @@ def test_reference_loops_equal_the_batched_adapter(backbone, ids, name, kw):
         if hasattr(m, "reference_per_sample"):
             m.reference = True
     torch.testing.assert_close(logits(model, ids, cond), batched, **TOL)
+
+
+@pytest.mark.parametrize(
+    "name,kw", [("graphlora", {}), ("ilora", {"hybrid_prompt": True}), ("reclora", {})]
+)
+def test_candidate_scoring_with_a_shared_prompt_cache_matches_rerunning_the_prompt(
+    backbone, ids, name, kw
+):
+    """Evaluation scores 20 candidates on one prompt KV cache; with conditioning (placeholder
+    tokens in the prompt, per-sample states repeated for the candidates) it must equal
+    re-running prompt + candidate, where the candidate's tokens stand for no node."""
+    from lorarec.trainer.evaluate import (
+        candidate_log_likelihoods,
+        candidate_log_likelihoods_reference,
+    )
+
+    model = adapt(backbone, config(name, init_weights=False, **kw))
+    full = make_conditioning()
+    one = sample_rows(full, 0)
+    prompt = ids[0].tolist()
+    candidates = [[5, 6, 7], [8], [9, 10]]
+
+    def extended(n: int) -> Conditioning:
+        pad = torch.full((1, n), -1)
+        return Conditioning(
+            graph=one.graph,
+            node_index=torch.cat([one.node_index, pad], 1),
+            user_node=one.user_node,
+            sequence_state=one.sequence_state,
+            item_index=torch.cat([one.item_index, pad], 1),
+            item_table=one.item_table,
+        )
+
+    cached = candidate_log_likelihoods(model, prompt, candidates, one)
+    rerun = candidate_log_likelihoods_reference(model, prompt, candidates, extended)
+    np.testing.assert_allclose(cached, rerun, atol=1e-4)

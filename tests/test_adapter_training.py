@@ -22,12 +22,12 @@ ADAPTERS = {
     "graphlora": ["train.graph.fanouts=[5,3]"],
     "reclora": ["train.reclora.banks=4"],
     "ilora": ["train.ilora.hybrid_prompt=true"],
-    "graphmoe": ["train.graph.network=ngcf"],
+    "graphmoe": ["train.graph.network=ngcf", "train.graph.text_features=true"],
 }
 
 
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_adapter_trains_exports_and_evaluates(ml100k_prepared, tmp_path, adapter):
+def test_adapter_trains_exports_and_evaluates(ml100k_prepared, minilm, tmp_path, adapter):
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
@@ -83,6 +83,24 @@ def test_adapter_trains_exports_and_evaluates(ml100k_prepared, tmp_path, adapter
     results = json.loads((run / "results.json").read_text())
     rows = [name for name in results["methods"] if adapter in name]
     assert any("likelihood" in r for r in rows) and any("generation" in r for r in rows)
+
+
+def test_text_features_are_minilm_title_embeddings(ml100k_prepared, minilm):
+    import numpy as np
+
+    from lorarec.data.prepared import PreparedData
+    from lorarec.trainer.text_features import embed_titles, ensure_text_features
+
+    data = PreparedData.open(ml100k_prepared, "next_item")
+    feats = ensure_text_features(data)
+    assert feats.shape == (data.num_users + data.num_items, 384)
+    assert not feats[: data.num_users].any()  # users have no text
+    np.testing.assert_allclose(np.linalg.norm(feats[data.num_users :], axis=1), 1.0, atol=1e-4)
+    # an item's row is its own title's embedding, and the cache returns the same array
+    np.testing.assert_allclose(
+        feats[data.num_users + 5], embed_titles([data.titles[5]])[0], atol=1e-4
+    )
+    np.testing.assert_array_equal(ensure_text_features(data, create=False), feats)
 
 
 def test_graphlora_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tmp_path):

@@ -71,6 +71,7 @@ class ConditioningBuilder:
         if not self.active:
             return None
         cond = Conditioning()
+        marks = [[mk for mk in m if mk[1] in self.kinds] for m in marks]
         offsets = [width - n if left_pad else 0 for n in lengths]
         if self.adapter in SEQUENCE_ADAPTERS:
             with torch.no_grad():

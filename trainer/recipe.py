@@ -1,10 +1,12 @@
-"""LoRA fine-tuning of an LLM recommender under DeepSpeed: the recipe, one rank's view.
+"""Adapter fine-tuning of an LLM recommender under DeepSpeed: the recipe, one rank's view.
 
 Read top to bottom, in the order the job runs:
 
-* ``setup``: process group, prepared data, backbone (partitioned under ZeRO-3), adapter,
-  DeepSpeed engine with AdamW and warm-up + cosine LR, resume from the newest checkpoint;
-* ``train``: steps over the webdataset stream (each sample once per epoch across ranks), loss
+* ``setup``: process group, prepared data, backbone (partitioned under ZeRO-3), adapter
+  (``train.adapter``: PEFT LoRA or a lorarec method) and its conditioning builder, DeepSpeed
+  engine with AdamW and warm-up + cosine LR, resume from the newest checkpoint;
+* ``train``: steps over the webdataset stream (each sample once per epoch across ranks), each
+  micro-batch with its conditioning (sampled neighbourhood, SASRec states); loss
   on answer tokens normalised by the step's answer-token count over all ranks, so that the
   loss does not depend on how the global batch is split; per-step JSONL log and progress bar;
 * ``save_checkpoint``: every ``train.checkpoint_every`` steps and at the end, with the data
@@ -12,7 +14,7 @@ Read top to bottom, in the order the job runs:
 * ``export``: trainable parameters gathered on every rank, rank 0 writes the PEFT adapter;
 * ``cleanup``: loss plot, summary, process group down.
 
-Config keys: ``train.*`` (loop, LoRA), ``deepspeed.*`` (ZeRO config), ``model.*``, ``data.*``.
+Config keys: ``train.*`` (loop, adapter), ``deepspeed.*`` (ZeRO config), ``model.*``, ``data.*``.
 """
 
 from __future__ import annotations

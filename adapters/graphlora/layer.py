@@ -74,6 +74,7 @@ class GraphLoraLayer(AdapterLayer):
 
 class GraphLoraLinear(AdapterLinear, GraphLoraLayer):
     reference_per_sample = True  # the reference code handles each sample's node tokens alone
+
     def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
         cfg = self.settings[name]
         g = state["node_states"]  # (batch, tokens, r), zero where a token stands for no node
