@@ -122,7 +122,7 @@ def bench_backbone(config: str, batch_size: int, rounds: int, history: int) -> d
     }
     plain, _ = make_batch(cfg, data, tokenizer, None, samples, variants["lora"][1])
     times: dict[str, list[float]] = {name: [] for name in batches}
-    for name, (model, batch, cond) in batches.items():  # warm-up
+    for model, batch, cond in batches.values():  # warm-up
         step(model, batch, cond)
     for _ in range(rounds):
         for name, (model, batch, cond) in batches.items():
