@@ -41,6 +41,10 @@ class ConditioningBuilder:
         self.adapter = cfg.train.adapter
         self.kinds = placeholder_kinds(cfg)
         self.num_users = data.num_users
+        if self.adapter == "graphmoe" and self.num_users == 0:
+            raise ValueError(
+                f"{data.root}: graphmoe gates by the user's node, and this data has no user ids"
+            )
         if self.adapter in GRAPH_ADAPTERS:
             indptr, indices = data.graph()
             self.sampler = NeighborSampler(indptr, indices)
@@ -87,7 +91,7 @@ class ConditioningBuilder:
         if self.adapter in GRAPH_ADAPTERS:
             node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
             users = [int(s["user"]) for s in samples]
-            seeds = list(users)
+            seeds = [u for u in users if u >= 0]
             for m in marks:
                 seeds += [node_of[kind](ident) for _, kind, ident in m]
             sub = self.sampler.sample(np.array(seeds, dtype=np.int64), self.fanouts, seed)
@@ -96,7 +100,8 @@ class ConditioningBuilder:
             weights = symmetric_weights(nodes[edge_index], self.degrees)
             cond.graph = GraphBatch(nodes, edge_index, weights)
             local = {int(n): i for i, n in enumerate(sub.nodes.tolist())}
-            cond.user_node = torch.tensor([local[u] for u in users], dtype=torch.long)
+            if self.adapter == "graphmoe":
+                cond.user_node = torch.tensor([local[u] for u in users], dtype=torch.long)
             index = torch.full((len(samples), width), -1, dtype=torch.long)
             for row, (m, off) in enumerate(zip(marks, offsets)):
                 for pos, kind, ident in m:

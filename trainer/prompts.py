@@ -33,7 +33,7 @@ def next_item_segments(
     n = len(sample["candidates"])
     return [
         "This user",
-        ("user", sample["user"]),
+        *_user(sample),
         f" has {style.verb} ",
         *history,
         " in the previous. "
@@ -57,7 +57,7 @@ def ctr_segments(
         body = _titled(hist, titles, [""] * len(hist))
     return [
         "The user",
-        ("user", sample["user"]),
+        *_user(sample),
         head,
         *body,
         f". Will the user like the {style.item_noun} ",
@@ -65,6 +65,12 @@ def ctr_segments(
         ("item", sample["target"]),
         "? Answer Yes or No. Answer:",
     ]
+
+
+def _user(sample: dict) -> list[Segment]:
+    """The user placeholder, where the data has user ids (the sequences format has none)."""
+    user = sample.get("user", -1)
+    return [("user", int(user))] if user is not None and user >= 0 else []
 
 
 def _titled(items: list[int], titles: list[str], suffixes: list[str]) -> list[Segment]:
