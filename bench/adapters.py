@@ -67,8 +67,12 @@ def build_variants(cfg, data, backbone):
     return variants
 
 
-def make_batch(cfg, data, tokenizer, kinds, samples, builder_cond):
-    kinds = frozenset({"user", "item"}) if kinds is not None else frozenset()
+ALL_PLACEHOLDERS = frozenset({"user", "item"})
+
+
+def make_batch(cfg, data, tokenizer, placeholders, samples, builder_cond):
+    """Token batch with ``placeholders`` and each variant's conditioning (which keys only on the
+    placeholder kinds its adapter uses)."""
     from lorarec.trainer.batching import ExampleBuilder, collate
 
     builder = ExampleBuilder(
@@ -77,7 +81,7 @@ def make_batch(cfg, data, tokenizer, kinds, samples, builder_cond):
         data.task,
         cfg.data.history_short,
         cfg.train.max_length,
-        placeholders=kinds,
+        placeholders=placeholders,
     )
     examples = [builder.build(x) for x in samples]
     batch = collate(examples, tokenizer.pad_token_id)
@@ -117,10 +121,10 @@ def bench_backbone(config: str, batch_size: int, rounds: int, history: int) -> d
     samples = data.samples("valid")[:batch_size]
     variants = build_variants(cfg, data, backbone)
     batches = {
-        name: (model, *make_batch(cfg, data, tokenizer, kinds, samples, cond))
-        for name, (model, cond, kinds) in variants.items()
+        name: (model, *make_batch(cfg, data, tokenizer, ALL_PLACEHOLDERS, samples, cond))
+        for name, (model, cond, _) in variants.items()
     }
-    plain, _ = make_batch(cfg, data, tokenizer, None, samples, variants["lora"][1])
+    plain, _ = make_batch(cfg, data, tokenizer, frozenset(), samples, variants["lora"][1])
     times: dict[str, list[float]] = {name: [] for name in batches}
     for model, batch, cond in batches.values():  # warm-up
         step(model, batch, cond)

@@ -43,6 +43,23 @@ class PreparedData:
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.root / "manifest.json").read_text())
 
+    def cache_key(self, **extra: Any) -> dict[str, Any]:
+        """What a cached artefact derived from this data (SASRec, node embeddings, text
+        features) is keyed by: the manifest's sha256 (which holds every file's) and ``extra``."""
+        import hashlib
+
+        sha = hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()
+        return {"manifest_sha256": sha, **extra}
+
+    def cache_dir(self, kind: str, key: dict[str, Any]) -> Path:
+        """``$LORAREC_HOME/<kind>/<digest of key>``."""
+        import hashlib
+
+        from lorarec.core.assets import lorarec_home
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return lorarec_home() / kind / digest
+
     @property
     def task_dir(self) -> Path:
         return self.root / self.task

@@ -4,17 +4,13 @@ tiny Llama; checkpoints, resume, export through PEFT, evaluation."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorarec.core.config import load_config
-from tests.test_trainer import ROOT, losses, run_train, train_cmd
+from tests.test_trainer import losses, run_train, start_and_kill, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -116,22 +112,7 @@ def test_graphlora_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tm
     straight = tmp_path / "straight"
     run_train(ml100k_prepared, straight, *common)
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        train_cmd(ml100k_prepared, crashed, *common),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    metrics = crashed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-            break
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    start_and_kill(train_cmd(ml100k_prepared, crashed, *common), crashed, after_steps=4)
     resumed_from = int((crashed / "checkpoints/latest").read_text().strip().split("-")[1])
     assert 3 <= resumed_from < 10
     run_train(ml100k_prepared, crashed, *common, extra=["--resume"])

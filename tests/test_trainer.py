@@ -57,6 +57,23 @@ def run_train(data_dir, run_dir, *overrides, extra=(), timeout=600):
     return proc
 
 
+def start_and_kill(cmd, run_dir, after_steps: int) -> None:
+    """Start a training run and SIGKILL the launcher and every rank at once, as soon as
+    ``after_steps`` steps are logged."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_steps:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def losses(run_dir) -> list[float]:
     return [
         json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -139,22 +156,7 @@ def test_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tmp_path):
     straight = tmp_path / "straight"
     run_train(ml100k_prepared, straight, *common)
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        train_cmd(ml100k_prepared, crashed, *common),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    metrics = crashed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
-            break
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, at once
-    proc.wait()
+    start_and_kill(train_cmd(ml100k_prepared, crashed, *common), crashed, after_steps=6)
     tag = (crashed / "checkpoints/latest").read_text().strip()
     resumed_from = int(tag.split("-")[1])
     assert 4 <= resumed_from < 22

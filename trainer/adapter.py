@@ -95,17 +95,15 @@ def attach_adapter(model, cfg, data):
 
 
 def load_sasrec(cfg, data, create: bool):
+    from lorarec.core.errors import AssetError
     from lorarec.trainer.evaluate import ensure_sasrec, sasrec_cache_dir
 
-    if not create:
-        from lorarec.core.errors import AssetError
-        from lorarec.trainer.sasrec import SASRec
+    def train_samples() -> list[dict]:
+        if not create:  # a rank: the launching process trains it
+            raise AssetError(f"the frozen SASRec is missing from {sasrec_cache_dir(data, cfg)[0]}")
+        return data.samples("train")
 
-        path, _ = sasrec_cache_dir(data, cfg)
-        if not (path / "config.json").is_file():
-            raise AssetError(f"the frozen SASRec is missing from {path}")
-        return SASRec.load(path)
-    model, _ = ensure_sasrec(data, cfg, lambda: data.samples("train"))
+    model, _ = ensure_sasrec(data, cfg, train_samples)
     return model
 
 

@@ -9,10 +9,8 @@ and the settings, and computed once in the launching process, before the ranks s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,15 +84,6 @@ def train_collaborative(
     return emb.detach().numpy(), {"kind": kind, "epochs": epochs, "final_bpr_loss": losses[-1]}
 
 
-def collab_cache_dir(data, settings: dict) -> Path:
-    from lorarec.core.assets import lorarec_home
-
-    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
-    key = {"manifest_sha256": manifest_sha, "task": data.task, **settings}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return lorarec_home() / "collab" / digest
-
-
 def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) -> np.ndarray:
     """The cached embeddings for ``data`` and ``train.graph`` settings; trained when missing
     and ``create`` (the launching process), an error otherwise (a rank)."""
@@ -109,7 +98,7 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         "epochs": graph_cfg.init_epochs,
         "seed": seed,
     }
-    path = collab_cache_dir(data, settings)
+    path = data.cache_dir("collab", data.cache_key(task=data.task, **settings))
     file = path / "embeddings.safetensors"
     if file.is_file():
         return load_file(str(file))["embeddings"]

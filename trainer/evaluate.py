@@ -14,7 +14,6 @@ log loss. Every figure carries a bootstrap 95% interval.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -356,14 +355,8 @@ def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:
     """Where the SASRec trained for this prepared data and these settings is cached
     (``$LORAREC_HOME/sasrec/<key>``), and the key: the sha256 of the data's manifest (which
     holds the sha256 of every prepared file), the task and the SASRec settings."""
-    import json
-
-    from lorarec.core.assets import lorarec_home
-
-    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
-    key = {"manifest_sha256": manifest_sha, "task": data.task, "sasrec": vars(cfg.sasrec)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return lorarec_home() / "sasrec" / digest, key
+    key = data.cache_key(task=data.task, sasrec=vars(cfg.sasrec))
+    return data.cache_dir("sasrec", key), key
 
 
 def ensure_sasrec(

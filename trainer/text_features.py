@@ -7,9 +7,6 @@ Computed once in the launching process (``lorarec fetch minilm`` first) and cach
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -41,17 +38,13 @@ def embed_titles(titles: list[str], batch_size: int = 128) -> np.ndarray:
 
 def ensure_text_features(data, create: bool = True) -> np.ndarray:
     """(nodes, 384): zero rows for users, MiniLM title embeddings for items."""
-    import json
 
     from safetensors.numpy import load_file, save_file
 
-    from lorarec.core.assets import lorarec_home
     from lorarec.core.errors import AssetError
     from lorarec.core.io import atomic_path
 
-    manifest_sha = hashlib.sha256((Path(data.root) / "manifest.json").read_bytes()).hexdigest()
-    key = json.dumps({"manifest_sha256": manifest_sha, "model": "minilm"}, sort_keys=True)
-    path = lorarec_home() / "text" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = data.cache_dir("text", data.cache_key(model="minilm"))
     file = path / "features.safetensors"
     if file.is_file():
         return load_file(str(file))["features"]

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from lorarec.adapters.conditioning import expand_batch
 from lorarec.adapters.graphlora.layer import GraphConfigMixin, make_graph_encoder
-from lorarec.adapters.ilora.layer import Gate, ILoraLayer
+from lorarec.adapters.ilora.layer import Gate, ILoraLayer, ILoraLinear
 from lorarec.adapters.tuner import (
     AdapterConfig,
-    AdapterLinear,
     AdapterTuner,
     extend_peft_type,
     register_method,
@@ -55,9 +53,8 @@ class GraphMoeLayer(ILoraLayer):
         return config.lora_alpha / config.r
 
 
-class GraphMoeLinear(AdapterLinear, GraphMoeLayer):
-    def delta(self, name: str, x: torch.Tensor, state: dict) -> torch.Tensor:
-        return self.low_rank(name, x, weights=state["gate"])  # sum_i g_i B_i (A_i x)
+class GraphMoeLinear(ILoraLinear, GraphMoeLayer):
+    """iLoRA's update, ``sum_i g_i B_i (A_i x)``, with the graph-driven gate."""
 
 
 class GraphMoeModel(AdapterTuner):
