@@ -1,0 +1,163 @@
+"""``GraphShard``: one partition, answering batched requests (a Ray actor in the service).
+
+The class is plain Python, so the same code answers in a test without Ray; the service runs it
+as a named, restartable actor (:func:`actor_class`). Every request is validated: a bad one
+raises ``ValueError`` naming the problem, which Ray carries back to the caller, and the actor
+keeps serving. Requests are pure functions of their arguments (sampling is seeded per request),
+so a client may repeat any of them after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lorarec.graph_service.partition import ShardData
+from lorarec.graph_service.sampler import check_fanouts, sample_neighbors
+
+
+def _ids(values, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{what} must be a 1-d array of integer ids, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64, copy=False)
+
+
+class GraphShard:
+    def __init__(self, root: str | Path, shard: int, verify: bool = True):
+        self.started = time.time()
+        self.data = ShardData.load(root, shard, verify=verify)
+        a = self.data.arrays
+        self.shard = shard
+        self.num_shards = self.data.manifest["num_shards"]
+        self.nodes, self.indptr, self.indices = a["nodes"], a["indptr"], a["indices"]
+        self.nbr_degree, self.node_features = a["nbr_degree"], a["features"]
+        self.users, self.hist_indptr = a["users"], a["hist_indptr"]
+        self.hist_items, self.hist_ts = a["hist_items"], a["hist_ts"]
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.sampled_edges = 0
+        self.busy_seconds = 0.0
+
+    # ------------------------------------------------------------------ requests
+
+    def ready(self) -> dict[str, Any]:
+        return {"shard": self.shard, "pid": os.getpid(), "started": self.started}
+
+    def sample_hop(self, nodes, fanout: int, seed: int, hop: int):
+        """``(parent, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
+        exactly as the in-process sampler draws them for the same ``seed`` and ``hop``."""
+        with self._serving("sample_hop"):
+            nodes = _ids(nodes, "nodes")
+            fanout = check_fanouts([fanout])[0]
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+                raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            if isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) or hop < 0:
+                raise ValueError(f"hop must be a non-negative integer, got {hop!r}")
+            rows = self._rows(self.nodes, nodes, "node")
+            parent, nbr, entry = sample_neighbors(
+                self.indptr, self.indices, nodes, fanout, int(seed), int(hop), rows, True
+            )
+            self.sampled_edges += len(nbr)
+            node_deg = self.indptr[rows + 1] - self.indptr[rows]
+            return parent, nbr, np.asarray(self.nbr_degree[entry], np.int64), node_deg
+
+    def degrees(self, nodes) -> np.ndarray:
+        with self._serving("degrees"):
+            rows = self._rows(self.nodes, _ids(nodes, "nodes"), "node")
+            return self.indptr[rows + 1] - self.indptr[rows]
+
+    def features(self, nodes) -> np.ndarray:
+        with self._serving("features"):
+            rows = self._rows(self.nodes, _ids(nodes, "nodes"), "node")
+            return np.asarray(self.node_features[rows], np.float32)
+
+    def histories(self, users, timestamps=None, targets=None, length: int = 50):
+        """The last ``length`` items of each user's interactions before the one at
+        ``(timestamp, target)`` (its sample), or before the end without ``timestamps``.
+        Returns ``(lengths, items)``: the histories concatenated, oldest first."""
+        with self._serving("histories"):
+            users = _ids(users, "users")
+            if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+                raise ValueError(f"length must be a non-negative integer, got {length!r}")
+            rows = self._rows(self.users, users, "user")
+            starts, ends = self.hist_indptr[rows], self.hist_indptr[rows + 1]
+            if timestamps is not None:
+                timestamps = _ids(timestamps, "timestamps")
+                targets = _ids(targets, "targets") if targets is not None else None
+                if targets is None or not len(timestamps) == len(targets) == len(users):
+                    raise ValueError("timestamps and targets must both be given, one per user")
+                cut = np.empty(len(users), np.int64)
+                for j, (s, e, t, item) in enumerate(zip(starts, ends, timestamps, targets)):
+                    hit = np.flatnonzero((self.hist_ts[s:e] == t) & (self.hist_items[s:e] == item))
+                    if hit.size == 0:
+                        raise ValueError(
+                            f"user {users[j]} has no interaction with item {item} at time {t}"
+                        )
+                    cut[j] = s + hit[0]
+                ends = cut
+            starts = np.maximum(starts, ends - length)
+            lengths = ends - starts
+            total = int(lengths.sum())
+            idx = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+            return lengths, np.asarray(self.hist_items[idx], np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        mapped = sum(int(a.nbytes) for a in self.data.arrays.values())
+        return {
+            "shard": self.shard,
+            "num_shards": self.num_shards,
+            "pid": os.getpid(),
+            "started": self.started,
+            "num_nodes": self.data.manifest["num_nodes"],
+            "num_users": self.data.manifest["num_users"],
+            "nodes": int(len(self.nodes)),
+            "users": int(len(self.users)),
+            "directed_entries": int(len(self.indices)),
+            "mapped_bytes": mapped,
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "sampled_edges": self.sampled_edges,
+            "busy_seconds": self.busy_seconds,
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rows(self, owned: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+        pos = np.searchsorted(owned, ids)
+        ok = pos < len(owned)
+        ok[ok] = owned[pos[ok]] == ids[ok]
+        if not ok.all():
+            bad = ids[~ok][:5].tolist()
+            raise ValueError(
+                f"shard {self.shard} of {self.num_shards}: unknown {what} id(s) {bad} "
+                f"(not in this shard's partition)"
+            )
+        return pos
+
+    @contextlib.contextmanager
+    def _serving(self, kind: str):
+        start = time.perf_counter()
+        self.requests[kind] += 1
+        try:
+            yield
+        except Exception:
+            self.errors[kind] += 1
+            raise
+        finally:
+            self.busy_seconds += time.perf_counter() - start
+
+
+def actor_class():
+    """``GraphShard`` as a Ray actor class (Ray is imported only where actors are used)."""
+    import ray
+
+    return ray.remote(GraphShard)
