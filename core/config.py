@@ -227,6 +227,28 @@ class LaunchConfig:
 
 
 @dataclass
+class GraphServiceConfig:
+    """Where the trainer ranks take neighbourhoods and user histories from."""
+
+    backend: Literal["ray", "inprocess"] = "ray"
+    """``ray``: the sharded graph service (started by ``lorarec train``, or found on the cluster
+    given with ``--ray-address``); ``inprocess``: each rank samples from its own copy of the
+    graph (single-process use, tests). Both give identical samples."""
+    shards: int = 2
+    partitions: str | None = None
+    """Partition directory (default ``$LORAREC_HOME/partitions/<digest>``); on a cluster it
+    must be visible to every node that runs a shard."""
+    prefetch: int = 2
+    """Micro-batches (tokens, neighbourhoods, histories) built ahead in a background thread;
+    0 builds each one inside its step."""
+    retries: int = 10
+    """Retries (exponential backoff, 0.05 s doubling to 2 s) of a request to a restarting shard."""
+    cpus_per_shard: float = 0.25
+    max_restarts: int = -1
+    """Ray restarts of a shard actor (-1: without limit)."""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out: str | None = None
@@ -238,6 +260,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    graph_service: GraphServiceConfig = field(default_factory=GraphServiceConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -297,6 +320,17 @@ def check_adapter(cfg: RunConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: train.graph.fanouts must be a non-empty list of positive counts or -1, "
             f"got {t.graph.fanouts}"
+        )
+
+    g = cfg.graph_service
+    for key, low in (("shards", 1), ("prefetch", 0), ("retries", 0)):
+        if getattr(g, key) < low:
+            raise ConfigError(
+                f"{origin}: graph_service.{key} must be at least {low}, got {getattr(g, key)}"
+            )
+    if g.cpus_per_shard < 0 or g.max_restarts < -1:
+        raise ConfigError(
+            f"{origin}: graph_service.cpus_per_shard must be >= 0 and max_restarts >= -1"
         )
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "lorarec-graph-"
 NAMESPACE_ENV = "LORAREC_GRAPH_NAMESPACE"
+RAY_ADDRESS_ENV = "LORAREC_RAY_ADDRESS"
 
 
 def actor_name(shard: int) -> str:
@@ -222,13 +223,14 @@ def services() -> dict[str, int]:
 
 
 def restarts(namespace: str) -> dict[str, int]:
-    """Restart count of each shard actor (from Ray's state API)."""
-    from ray.util.state import list_actors
+    """Restart count of each shard actor, from the GCS actor table (Ray's public state API
+    needs the dashboard, which lorarec does not start)."""
+    import ray
 
     out = {}
-    for a in list_actors(filters=[("ray_namespace", "=", namespace)], detail=True):
-        if a.name and a.name.startswith("shard-"):
-            out[a.name] = max(out.get(a.name, 0), int(getattr(a, "num_restarts", 0) or 0))
+    for h in shard_handles(namespace):
+        info = ray._private.state.actors(actor_id=h._actor_id.hex())
+        out[info["Name"]] = int(info["NumRestarts"])
     return out
 
 

@@ -1,6 +1,7 @@
 """``lorarec``: the command line.
 
-Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``config show``.
+Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``train``,
+``graph serve|status|stop``, ``config show``.
 User errors print one line (``lorarec: error: ...``) and exit with code 2; ``--debug`` shows
 the traceback.
 """
@@ -231,11 +232,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.adapter import prepare_adapter_inputs
 
     prepare_adapter_inputs(cfg, data)  # SASRec, collaborative embeddings, text features
-    run_dir, config_path, env = T.prepare_run_dir(cfg)
+    service_env, service = T.graph_service_for_run(
+        cfg, data, args.ray_address, multi_node=bool(args.hostfile)
+    )
+    if service is not None:
+        print(
+            f"graph service {service.namespace}: {cfg.graph_service.shards} shards on Ray "
+            f"{service_env['LORAREC_RAY_ADDRESS']}",
+            flush=True,
+        )
+    run_dir, config_path, env = T.prepare_run_dir(cfg, service_env)
     cmd = T.launcher_command(cfg, config_path, opts)
     print(T.format_command(cmd, env), flush=True)
     start = time.perf_counter()
-    rc = T.run_launcher(cmd, env, run_dir)
+    try:
+        rc = T.run_launcher(cmd, env, run_dir)
+    finally:
+        if service is not None:
+            import ray
+
+            ray.shutdown()  # the embedded service and local Ray end with the training
     if rc != 0:
         print(
             f"lorarec: error: training failed (launcher exit code {rc}); run directory {run_dir}",
@@ -252,6 +268,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_text_atomic(run_dir / "results.md", table + "\n")
         print(table)
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from lorarec.launch import graph
+
+    if args.graph_verb == "serve":
+        graph.serve(
+            args.data_dir,
+            args.task,
+            args.shards,
+            args.address,
+            args.partitions,
+            args.cpus_per_shard,
+            args.max_restarts,
+        )
+    elif args.graph_verb == "status":
+        graph.status(args.address, args.json)
+    else:
+        graph.stop(args.address, args.namespace)
     return 0
 
 
@@ -345,7 +381,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--node-rank", type=int)
     t.add_argument("--master-addr")
     t.add_argument("--master-port", type=int)
+    t.add_argument(
+        "--ray-address",
+        help="Ray cluster whose graph service the ranks use (started with `lorarec graph serve`); "
+        "by default lorarec starts a local Ray and the service itself",
+    )
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("graph", help="the Ray graph service").add_subparsers(
+        dest="graph_verb", required=True, metavar="VERB"
+    )
+    gs = g.add_parser("serve", help="partition a prepared task and start its shard actors")
+    gs.add_argument("data_dir", metavar="DATA_DIR")
+    gs.add_argument("--shards", type=int, required=True)
+    gs.add_argument("--task", default="next_item", help="prepared task (default next_item)")
+    gs.add_argument("--address", help="Ray cluster (default: a local one, started if needed)")
+    gs.add_argument("--partitions", help="partition directory (default under $LORAREC_HOME)")
+    gs.add_argument("--cpus-per-shard", type=float, default=0.25)
+    gs.add_argument("--max-restarts", type=int, default=-1, help="-1: without limit")
+    gst = g.add_parser("status", help="shards, nodes, memory and requests of running services")
+    gst.add_argument("--address")
+    gst.add_argument("--json", action="store_true")
+    gsp = g.add_parser("stop", help="stop graph services (all, or --namespace)")
+    gsp.add_argument("--address")
+    gsp.add_argument("--namespace")
+    for sp in (gs, gst, gsp):
+        sp.set_defaults(func=cmd_graph)
 
     c = sub.add_parser("config", help="inspect run configs").add_subparsers(
         dest="config_verb", required=True, metavar="VERB"

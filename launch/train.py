@@ -116,12 +116,14 @@ def launcher_command(cfg: RunConfig, config_path: Path, opts: LaunchOptions) -> 
     return cmd
 
 
-def prepare_run_dir(cfg: RunConfig) -> tuple[Path, Path, dict[str, str]]:
+def prepare_run_dir(
+    cfg: RunConfig, extra_env: dict[str, str] | None = None
+) -> tuple[Path, Path, dict[str, str]]:
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     write_config(cfg, config_path)
-    env = rank_environment(cfg)
+    env = {**rank_environment(cfg), **(extra_env or {})}
     write_text_atomic(
         run_dir / ".deepspeed_env", "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
     )
@@ -137,3 +139,54 @@ def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path) -> int:
 def format_command(cmd: list[str], env: dict[str, str]) -> str:
     shown = {k: v for k, v in env.items() if k in ("DS_ACCELERATOR", "OMP_NUM_THREADS")}
     return " ".join([*(f"{k}={v}" for k, v in shown.items()), *map(shlex.quote, cmd)])
+
+
+def graph_service_for_run(cfg: RunConfig, data, ray_address: str | None, multi_node: bool):
+    """Start (embedded default) or find (``--ray-address``) the run's graph service.
+
+    Returns the environment the ranks need to reach it and the started service (which the
+    caller keeps until training ends), or ``({}, None)`` when the run does not use one."""
+    from lorarec.trainer.conditioning import uses_service
+
+    if not uses_service(cfg, data):
+        return {}, None
+    from lorarec.graph_service import partition, service
+
+    g = cfg.graph_service
+    env = service.auth_environment()
+    if ray_address is None:
+        if multi_node:
+            raise UsageError(
+                "a multi-node run takes the graph service from the cluster: start it with "
+                "`lorarec graph serve DATA_DIR --shards N --address RAY_ADDRESS` and pass "
+                "--ray-address (or set graph_service.backend=inprocess)"
+            )
+        part = partition.ensure(data, g.shards, g.partitions)
+        service.connect(None)
+        svc = service.start(
+            part,
+            service.ServiceOptions(g.cpus_per_shard, g.max_restarts),
+            detached=False,
+        )
+        address = service.gcs_address()
+    else:
+        namespace = service.namespace_for(
+            {
+                "source": {
+                    "manifest_sha256": data.cache_key()["manifest_sha256"],
+                    "task": data.task,
+                },
+                "num_shards": g.shards,
+            }
+        )
+        service.connect(ray_address)
+        found = len(service.shard_handles(namespace))
+        if found != g.shards:
+            raise UsageError(
+                f"Ray at {ray_address}: the graph service of {data.root} ({data.task}) has "
+                f"{found} shards, graph_service.shards={g.shards}"
+            )
+        svc = service.Service(namespace, [])
+        address = ray_address
+    env = {**env, service.RAY_ADDRESS_ENV: address, service.NAMESPACE_ENV: svc.namespace}
+    return env, svc

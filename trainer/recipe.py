@@ -36,6 +36,7 @@ from lorarec.trainer.batching import ExampleBuilder, answer_token_loss_sum, coll
 from lorarec.trainer.conditioning import (
     SEQUENCE_ADAPTERS,
     ConditioningBuilder,
+    connect_graph_service,
     placeholder_kinds,
 )
 from lorarec.trainer.data_stream import TrainStream
@@ -104,7 +105,8 @@ class LoraRecipe:
         sasrec = None
         if cfg.train.adapter in SEQUENCE_ADAPTERS:
             sasrec = load_sasrec(cfg, self.data, create=False)
-        self.conditioning = ConditioningBuilder(cfg, self.data, sasrec)
+        self.client = connect_graph_service(cfg, self.data)
+        self.conditioning = ConditioningBuilder(cfg, self.data, sasrec, client=self.client)
         self.builder = ExampleBuilder(
             self.tokenizer,
             self.data.titles,
@@ -191,6 +193,8 @@ class LoraRecipe:
     def train(self) -> None:
         from tqdm import tqdm
 
+        from lorarec.graph_service.client import Prefetcher
+
         s, cfg = self.strategy, self.cfg
         bar = tqdm(
             total=self.total_steps,
@@ -201,11 +205,18 @@ class LoraRecipe:
             mininterval=1.0,
         )
         self.engine.train()
-        done = self.global_step >= self.total_steps
-        while not done and self.epoch < cfg.train.epochs:
+        depth = cfg.graph_service.prefetch
+        # the micro-batches of the coming steps are built (tokens, neighbourhoods, histories)
+        # `depth` steps ahead in a background thread while this thread computes
+        built = (
+            Prefetcher(self.planned_steps(), self.build_step, depth)
+            if depth > 0
+            else map(self.build_step, self.planned_steps())
+        )
+        try:
             wait_start = time.perf_counter()
-            for step in self.stream.steps(self.epoch, self.step_in_epoch):
-                record = self.train_step(step, wait_start)
+            for step, batches, build_seconds in built:
+                record = self.train_step(step, batches, wait_start, build_seconds)
                 self.global_step += 1
                 self.step_in_epoch = step.step_in_epoch + 1
                 if self.step_in_epoch == self.stream.steps_per_epoch:
@@ -229,15 +240,43 @@ class LoraRecipe:
                 done = self.global_step >= self.total_steps
                 if self.global_step % cfg.train.checkpoint_every == 0 and not done:
                     self.save_checkpoint()
-                if done:
-                    break
                 wait_start = time.perf_counter()
+        finally:
+            if isinstance(built, Prefetcher):
+                built.close()
         bar.close()
         self.save_checkpoint()
 
-    def train_step(self, step, since: float) -> dict[str, Any]:
+    def planned_steps(self):
+        """``(global step, step)`` from the current position to ``total_steps``."""
+        g, epoch, start = self.global_step, self.epoch, self.step_in_epoch
+        while g < self.total_steps and epoch < self.cfg.train.epochs:
+            for step in self.stream.steps(epoch, start):
+                yield g, step
+                g += 1
+                if g >= self.total_steps:
+                    return
+            epoch, start = epoch + 1, 0
+
+    def build_step(self, planned):
+        """This rank's micro-batches of one step, with their conditioning."""
+        global_step, step = planned
+        s = self.strategy
+        start = time.perf_counter()
+        batches = []
+        for m, micro in enumerate(step.mine):
+            # neighbourhood sampling seeded by the step and the slot: a resumed run repeats it
+            seed = (self.cfg.train.seed * 1_000_003 + global_step) * 4099 + m * s.world_size
+            seed += s.rank
+            if micro:
+                batches.append(self.batch(micro, None, seed))
+            else:  # an empty slot of the last step: a zero-weight placeholder keeps the ranks in step
+                batches.append(self.batch([step.slots[0][0]], [0.0], seed))
+        return step, batches, time.perf_counter() - start
+
+    def train_step(self, step, batches, since: float, build_seconds: float) -> dict[str, Any]:
         """One optimizer step; ``since`` is when the previous step ended, so the step's time
-        includes waiting for its data."""
+        includes waiting for its data (which prefetch makes near zero)."""
         s = self.strategy
         data_wait = time.perf_counter() - since
         # Answer tokens of the whole step (all ranks): every rank knows every slot's samples.
@@ -245,17 +284,6 @@ class LoraRecipe:
             self.builder.num_answer_tokens(x) for slot in step.slots for x in slot
         )
         scale = s.world_size * self.stream.accum / step_answer_tokens
-        build_start = time.perf_counter()
-        batches = []
-        for m, micro in enumerate(step.mine):
-            # neighbourhood sampling seeded by the step and the slot: a resumed run repeats it
-            seed = (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + m * s.world_size
-            seed += s.rank
-            if micro:
-                batches.append(self.batch(micro, None, seed))
-            else:  # an empty slot of the last step: a zero-weight placeholder keeps the ranks in step
-                batches.append(self.batch([step.slots[0][0]], [0.0], seed))
-        data_wait += time.perf_counter() - build_start
         loss_sum = tokens = 0.0
         for batch, cond in batches:
             batch = {k: v.to(s.device) for k, v in batch.items()}
@@ -285,6 +313,8 @@ class LoraRecipe:
             "answer_tokens": step_answer_tokens,
             "step_seconds": seconds,
             "data_wait_seconds": data_wait,
+            "batch_build_seconds": build_seconds,
+            "graph_retries": self.client.retried if self.client is not None else 0,
             "tokens_per_s": tokens_per_s,
             "samples_per_s": step.num_samples / seconds,
             "mfu": tokens_per_s / s.world_size * self.flops_per_token / self.peak_flops,
@@ -430,7 +460,7 @@ def plot_loss(records: list[dict], path: Path) -> None:
 
 def recipe_main(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
     recipe = LoraRecipe(cfg, run_dir, resume)
-    recipe.setup()
-    recipe.train()
-    recipe.export()
-    recipe.cleanup()
+    for phase in (recipe.setup, recipe.train, recipe.export, recipe.cleanup):
+        start = time.perf_counter()
+        phase()
+        log.info("%s: %.1f s", phase.__name__, time.perf_counter() - start)

@@ -104,7 +104,8 @@ class GraphEncoder(nn.Module):
         return self.out(h)
 
 
-def symmetric_weights(edge_index_global: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """``1 / sqrt(deg(u) deg(v))`` for each edge, from full-graph degrees (indexed by global id)."""
+def symmetric_weights(edge_index: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """``1 / sqrt(deg(u) deg(v))`` for each edge, from full-graph degrees indexed like
+    ``edge_index`` (global ids with a whole-graph table, or local ids with the subgraph's)."""
     d = degrees.float().clamp(min=1)
-    return (d[edge_index_global[0]] * d[edge_index_global[1]]).rsqrt()
+    return (d[edge_index[0]] * d[edge_index[1]]).rsqrt()
