@@ -14,11 +14,18 @@ from tests.test_trainer import losses, run_train, start_and_kill, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
+# graphlora and reclora take neighbourhoods and histories from the graph service (real Ray
+# actors); ilora and graphmoe from the in-process sampler, which the service is tested equal to
+# (tests/test_graph_service.py), to keep the suite's time down.
 ADAPTERS = {
     "graphlora": ["train.graph.fanouts=[5,3]"],
     "reclora": ["train.reclora.banks=4"],
-    "ilora": ["train.ilora.hybrid_prompt=true"],
-    "graphmoe": ["train.graph.network=ngcf", "train.graph.text_features=true"],
+    "ilora": ["train.ilora.hybrid_prompt=true", "graph_service.backend=inprocess"],
+    "graphmoe": [
+        "train.graph.network=ngcf",
+        "train.graph.text_features=true",
+        "graph_service.backend=inprocess",
+    ],
 }
 
 
@@ -108,6 +115,7 @@ def test_graphlora_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tm
         "train.max_samples=40",
         "train.checkpoint_every=3",
         "train.keep_checkpoints=3",
+        "graph_service.backend=inprocess",  # the service's own kill test: test_graph_service.py
     ]
     straight = tmp_path / "straight"
     run_train(ml100k_prepared, straight, *common)

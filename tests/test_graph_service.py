@@ -269,3 +269,74 @@ def test_graph_cli_serve_status_stop(ml100k_prepared, parts, tmp_path):
     bad = run("graph", "serve", str(tmp_path), "--shards", "2")
     assert bad.returncode == 2 and "not a prepared data directory" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def graph_shard_pids(root: int) -> list[int]:
+    """Processes of shard actors descended from ``root`` (the run's own Ray)."""
+    children: dict[int, list[int]] = {}
+    titles: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            titles[int(entry)] = open(f"/proc/{entry}/cmdline").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for c in children.get(pid, []):
+            todo.append(c)
+            if titles.get(c, "").startswith("ray::GraphShard"):
+                found.append(c)
+    return sorted(found)
+
+
+@pytest.mark.distributed
+def test_training_survives_a_killed_shard_with_no_sample_lost(ml100k_prepared, tmp_path):
+    """2 ranks, GraphLoRA, tiny backbone, the service on real Ray actors: one shard actor is
+    SIGKILLed mid-run; Ray restarts it, the clients retry, and the run ends with every
+    sample seen and the same losses as a run with the in-process sampler."""
+    import subprocess
+
+    from tests.test_trainer import ROOT, losses, run_train, train_cmd
+
+    common = ["train.adapter=graphlora", "train.max_samples=48", "train.checkpoint_every=100"]
+    ref = tmp_path / "inprocess"
+    run_train(ml100k_prepared, ref, *common, "graph_service.backend=inprocess")
+    run = tmp_path / "service"
+    with open(tmp_path / "service.log", "w") as log:
+        proc = subprocess.Popen(
+            train_cmd(ml100k_prepared, run, *common),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            metrics = run / "metrics.jsonl"
+            deadline = time.time() + 300
+            while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+                assert proc.poll() is None and time.time() < deadline, "the run ended early"
+                time.sleep(0.05)
+            before = graph_shard_pids(proc.pid)
+            assert len(before) == 2
+            os.kill(before[0], signal.SIGKILL)
+            while True:  # Ray starts a replacement for the killed actor
+                now = graph_shard_pids(proc.pid)
+                if len(now) == 2 and before[0] not in now:
+                    break
+                assert proc.poll() is None and time.time() < deadline, "no restart seen"
+                time.sleep(0.05)
+            assert proc.wait(timeout=600) == 0, (tmp_path / "service.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert len(records) == 12 and sum(r["samples"] for r in records) == 48
+    assert json.loads((run / "train_summary.json").read_text())["samples"] == 48
+    assert records[-1]["graph_retries"] >= 1  # rank 0 met the restarting shard and retried
+    assert losses(run) == pytest.approx(losses(ref), abs=1e-6)
