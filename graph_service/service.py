@@ -145,6 +145,47 @@ def start_local_head(num_cpus: int | None = None) -> str:
     raise UsageError("`ray start --head` did not report the cluster's address")
 
 
+def session_name() -> str:
+    """The connected cluster's session (``session_<date>_<pid>``), which every process of that
+    cluster carries on its command line."""
+    import ray
+
+    return ray._private.worker.global_worker.node.session_name
+
+
+def stop_session(session: str, timeout: float = 3.0) -> int:
+    """Stop the processes of one local Ray cluster (not ``ray stop``, which ends every Ray on
+    the machine): SIGTERM, then SIGKILL what is left after ``timeout``. Returns how many."""
+    import signal
+
+    def pids() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                    state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    continue
+                if session.encode() in cmd and state != "Z" and int(entry) != os.getpid():
+                    found.append(int(entry))
+        return found
+
+    first = pids()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not pids():
+            break
+    return len(first)
+
+
 # --------------------------------------------------------------------------- the service
 
 

@@ -9,7 +9,6 @@ it uses the local Ray that an earlier ``serve`` started, or starts one (``ray st
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,11 @@ def _local_head() -> str | None:
     return None
 
 
+def _head_session() -> str | None:
+    f = _head_file()
+    return json.loads(f.read_text()).get("session") if f.is_file() else None
+
+
 def _connect(address: str | None, start_local: bool = False) -> str:
     from lorarec.graph_service import service
 
@@ -41,8 +45,10 @@ def _connect(address: str | None, start_local: bool = False) -> str:
         from lorarec.core.io import write_json_atomic
 
         address = service.start_local_head()
-        write_json_atomic(_head_file(), {"address": address})
+        service.connect(address)
+        write_json_atomic(_head_file(), {"address": address, "session": service.session_name()})
         print(f"started a local Ray on {address}")
+        return address
     service.connect(address)
     return address
 
@@ -121,15 +127,9 @@ def stop(address: str | None, namespace: str | None) -> int:
     print(f"stopped {len(targets)} graph service(s), {killed} shard actors")
     left = service.services()
     ray.shutdown()
-    if address is None and _local_head() and not left:
-        subprocess.run([_ray_exe(), "stop"], capture_output=True, check=False)
+    session = _head_session()
+    if address is None and session and not left:
+        service.stop_session(session)
         _head_file().unlink(missing_ok=True)
         print("stopped the local Ray that `lorarec graph serve` started")
     return killed
-
-
-def _ray_exe() -> str:
-    import shutil
-    import sys
-
-    return shutil.which("ray") or str(Path(sys.executable).parent / "ray")
