@@ -62,6 +62,10 @@ def bfs_reference(indptr, indices, seeds, fanouts, rng: random.Random):
     return np.array(nodes), np.array(sorted(edges)).T
 
 
+def _sampler_of(client):
+    return lambda seeds, i: client.sample(seeds, FANOUTS, i)
+
+
 def throughput(data_dir: str, sizes: list[int], rounds: int, per_size_seeds: int) -> dict:
     from lorarec.data.prepared import PreparedData
     from lorarec.graph_service import partition, service
@@ -86,10 +90,7 @@ def throughput(data_dir: str, sizes: list[int], rounds: int, per_size_seeds: int
     py_rng = random.Random(0)
     methods = {
         "inprocess": lambda seeds, i: inproc.sample(seeds, FANOUTS, i),
-        **{
-            f"service_{n}": (lambda c: lambda seeds, i: c.sample(seeds, FANOUTS, i))(c)
-            for n, c in clients.items()
-        },
+        **{f"service_{n}": _sampler_of(c) for n, c in clients.items()},
         "bfs_reference": lambda seeds, i: bfs_reference(indptr, indices, seeds, FANOUTS, py_rng),
     }
     rows = []
@@ -111,8 +112,7 @@ def throughput(data_dir: str, sizes: list[int], rounds: int, per_size_seeds: int
         row.update({f"{name}_per_s": n_seeds / t for name, t in best.items()})
         rows.append(row)
         print(
-            f"batch {size:>5}: "
-            + ", ".join(f"{k} {row[f'{k}_per_s']:,.0f}/s" for k in methods),
+            f"batch {size:>5}: " + ", ".join(f"{k} {row[f'{k}_per_s']:,.0f}/s" for k in methods),
             flush=True,
         )
     import ray

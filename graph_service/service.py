@@ -100,6 +100,7 @@ def connect(address: str | None = None, namespace: str | None = None, num_cpus: 
     }
     if address is None:
         ctx = ray.init(
+            address="local",  # a new instance, never a cluster `ray start` left running
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

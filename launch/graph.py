@@ -130,6 +130,9 @@ def stop(address: str | None, namespace: str | None) -> int:
     session = _head_session()
     if address is None and session and not left:
         service.stop_session(session)
+        current = Path("/tmp/ray/ray_current_cluster")  # where `ray start` announced it
+        if current.is_file() and current.read_text().strip() == _local_head():
+            current.unlink()
         _head_file().unlink(missing_ok=True)
         print("stopped the local Ray that `lorarec graph serve` started")
     return killed

@@ -196,6 +196,19 @@ def test_bad_request_comes_back_as_an_error_and_the_actor_keeps_serving(ray_serv
     assert client.stats()[0]["errors"]["sample_hop"] >= 1
 
 
+def test_cluster_refuses_a_client_with_another_token(ray_services, tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    code = f"import ray; ray.init(address={service.gcs_address()!r})"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode != 0 and "Failed to connect to Ray cluster" in proc.stderr
+
+
 def test_killed_shard_restarts_reloads_and_the_client_retries(data, ray_services):
     ns = ray_services[2].namespace
     client = GraphClient(ns)
