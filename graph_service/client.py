@@ -19,13 +19,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from lorarec.graph_service.partition import shard_of
-from lorarec.graph_service.sampler import Subgraph, check_fanouts, khop
+from lorarec.graph_service.sampler import LocalIds, Subgraph, check_fanouts, khop, khop_steps
 from lorarec.graph_service.service import actor_name, shard_handles
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,19 @@ class GraphClient:
                 f"{info['num_shards']}"
             )
         self.num_nodes, self.num_users = info["num_nodes"], info["num_users"]
+        self.ids = LocalIds(self.num_nodes)
         self.retried = 0  # requests repeated after a shard failure
 
     # ------------------------------------------------------------------ transport
 
-    def _call(self, requests: dict[int, tuple[str, tuple]]) -> dict[int, Any]:
-        """One request to each shard in ``requests`` (all in flight together)."""
+    def _submit(self, requests: dict[int, tuple[str, tuple]]) -> dict[int, Any]:
+        return {k: getattr(self.handles[k], m).remote(*a) for k, (m, a) in requests.items()}
+
+    def _collect(self, requests: dict[int, tuple[str, tuple]], refs: dict[int, Any]):
+        """The answers to ``requests`` sent as ``refs``; a shard that is down is asked again
+        (backoff) until it answers or the retries are spent."""
         ray = self._ray
-        pending = {k: getattr(self.handles[k], m).remote(*a) for k, (m, a) in requests.items()}
+        pending = dict(refs)
         out: dict[int, Any] = {}
         attempt = {k: 0 for k in requests}
         while pending:
@@ -103,10 +109,13 @@ class GraphClient:
                     self.handles[k] = ray.get_actor(actor_name(k), namespace=self.namespace)
                 except ValueError:  # the name is gone while the actor restarts
                     pass
-                method, args = requests[k]
-                pending[k] = getattr(self.handles[k], method).remote(*args)
+                pending[k] = self._submit({k: requests[k]})[k]
                 self.retried += 1
         return out
+
+    def _call(self, requests: dict[int, tuple[str, tuple]]) -> dict[int, Any]:
+        """One request to each shard in ``requests`` (all in flight together)."""
+        return self._collect(requests, self._submit(requests))
 
     def _route(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         """Positions of ``ids`` per owning shard."""
@@ -124,38 +133,82 @@ class GraphClient:
 
     # ------------------------------------------------------------------ requests
 
-    def _hop(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
+    def _hop_requests(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
         routes = self._route(frontier)
-        answers = self._call(
-            {k: ("sample_hop", (frontier[pos], fanout, seed, hop)) for k, pos in routes.items()}
-        )
-        parent, nbr, nbr_deg, where = [], [], [], []
+        requests = {
+            k: ("sample_hop", (frontier[pos], fanout, seed, hop)) for k, pos in routes.items()
+        }
+        return routes, requests
+
+    @staticmethod
+    def _merge_hop(frontier: np.ndarray, routes, answers):
+        """The shards' answers in frontier order (CSR order within a node), as the in-process
+        sampler returns them."""
+        count = np.zeros(len(frontier), np.int64)
         frontier_deg = np.empty(len(frontier), np.int64)
         for k, pos in routes.items():
-            p, n, d, fd = answers[k]
-            frontier_deg[pos] = fd
-            # position in the frontier of each answer's parent (shards answer grouped by node,
-            # in request order)
-            order = np.argsort(frontier[pos], kind="stable")
-            local = order[np.searchsorted(frontier[pos][order], p)]
-            parent.append(p), nbr.append(n), nbr_deg.append(d), where.append(pos[local])
-        if not parent:
-            empty = np.empty(0, np.int64)
-            return empty, empty, empty, frontier_deg
-        where_all = np.concatenate(where)
-        order = np.argsort(where_all, kind="stable")  # frontier order, CSR order within a node
-        return (
-            np.concatenate(parent)[order],
-            np.concatenate(nbr)[order],
-            np.concatenate(nbr_deg)[order],
-            frontier_deg,
-        )
+            count[pos] = answers[k][0]
+            frontier_deg[pos] = answers[k][3]
+        start = np.cumsum(count) - count
+        total = int(count.sum())
+        nbr = np.empty(total, np.int64)
+        nbr_deg = np.empty(total, np.int64)
+        for k, pos in routes.items():
+            c, n, d, _ = answers[k]
+            # where each of this shard's answers goes: its node's slot, then its rank there
+            at = np.repeat(start[pos] - (np.cumsum(c) - c), c) + np.arange(len(n))
+            nbr[at], nbr_deg[at] = n, d
+        return np.repeat(frontier, count), nbr, nbr_deg, frontier_deg
+
+    def _hop(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
+        routes, requests = self._hop_requests(frontier, fanout, hop, seed)
+        return self._merge_hop(frontier, routes, self._call(requests))
 
     def sample(self, seeds: np.ndarray, fanouts: list[int], seed: int) -> Subgraph:
         """The k-hop neighbourhood of ``seeds``: equal to ``NeighborSampler.sample``."""
         seeds = self._check_nodes(seeds, self.num_nodes, "node")
         fanouts = check_fanouts(fanouts)
-        return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts)
+        return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts, self.ids)
+
+    def sample_many(self, batches, fanouts: list[int], depth: int = 4):
+        """``sample(seeds, fanouts, seed)`` for each ``(seeds, seed)`` of ``batches``, in order,
+        with up to ``depth`` batches in flight: while the shards sample one batch's hop, this
+        process merges another's."""
+        fanouts = check_fanouts(fanouts)
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        batches = iter(batches)
+        flight: deque = deque()  # [steps, seed, frontier, routes, requests, refs]
+
+        def launch(steps, seed, request) -> None:
+            frontier, fanout, hop = request
+            routes, requests = self._hop_requests(frontier, fanout, hop, seed)
+            flight.append([steps, seed, frontier, routes, requests, self._submit(requests)])
+
+        exhausted = False
+        while True:
+            while not exhausted and len(flight) < depth:
+                item = next(batches, None)
+                if item is None:
+                    exhausted = True
+                    break
+                seeds, seed = item
+                steps = khop_steps(
+                    self._check_nodes(seeds, self.num_nodes, "node"), fanouts, self.ids
+                )
+                launch(steps, seed, next(steps))
+            if not flight:
+                return
+            steps, seed, frontier, routes, requests, refs = flight.popleft()
+            answer = self._merge_hop(frontier, routes, self._collect(requests, refs))
+            try:
+                request = steps.send(answer)
+            except StopIteration as done:
+                yield done.value
+                continue
+            # its next hop goes to the back; the batches ahead of it are already in flight
+            launch(steps, seed, request)
+            flight.rotate(1)  # keep batch order: the oldest stays first
 
     def features(self, nodes: np.ndarray) -> np.ndarray:
         nodes = self._check_nodes(nodes, self.num_nodes, "node")

@@ -121,6 +121,8 @@ def build(
     indptr, indices = data.graph()
     indptr, indices = np.asarray(indptr), np.asarray(indices)
     n = len(indptr) - 1
+    if n >= 2**31:
+        raise DataError(f"{data.root}: {n} nodes; the graph service handles fewer than 2**31")
     degree = np.diff(indptr)
     nu = data.num_users
     feats = np.stack([degree.astype(np.float32), (np.arange(n) < nu).astype(np.float32)], axis=1)
@@ -263,5 +265,5 @@ class ShardData:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             if list(arr.shape) != meta["shape"]:
                 raise DataError(f"{path}: shape {list(arr.shape)}, manifest says {meta['shape']}")
-            arrays[name] = arr
+            arrays[name] = np.asarray(arr)  # an ndarray view of the mapping (cheaper indexing)
         return cls(root, shard, m, arrays)

@@ -7,11 +7,14 @@ what order, never changes the result: a service with N shards returns exactly wh
 returns for the same seed.
 
 At each hop every frontier node keeps ``min(degree, fanout)`` distinct neighbours (all of them
-when ``fanout < 0``): the ones with the smallest hash keys.
+when ``fanout < 0``), drawn uniformly without replacement by Floyd's algorithm: ``fanout``
+vectorised rounds over all frontier nodes at once, so the cost grows with the number of sampled
+edges, not with the degrees of the frontier.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,20 +29,27 @@ _M1, _M2, _GOLD = (
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    x = (x + _GOLD).astype(np.uint64)
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, dtype=np.uint64) + _GOLD  # a new array; the rest works in place
+        z ^= z >> np.uint64(30)
+        z *= _M1
+        z ^= z >> np.uint64(27)
+        z *= _M2
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def node_keys(seed: int, hop: int, nodes: np.ndarray) -> np.ndarray:
+    """The per-(seed, hop, node) part of :func:`hash_keys`."""
+    with np.errstate(over="ignore"):
+        h = mix64(np.array([seed], np.uint64) ^ mix64(np.array([hop], np.uint64)))
+        return mix64(h ^ np.asarray(nodes).astype(np.uint64))
 
 
 def hash_keys(seed: int, hop: int, nodes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each ``(seed, hop, node, position)``."""
     with np.errstate(over="ignore"):
-        h = mix64(
-            np.full(nodes.shape, seed, dtype=np.uint64)
-            ^ mix64(np.uint64(hop) + np.zeros(nodes.shape, np.uint64))
-        )
-        h = mix64(h ^ nodes.astype(np.uint64))
-        return mix64(h ^ positions.astype(np.uint64))
+        return mix64(node_keys(seed, hop, nodes) ^ np.asarray(positions).astype(np.uint64))
 
 
 def sample_neighbors(
@@ -59,26 +69,49 @@ def sample_neighbors(
     ``indices`` of each sampled neighbour."""
     nodes = np.asarray(nodes, dtype=np.int64)
     rows = nodes if rows is None else np.asarray(rows, dtype=np.int64)
-    start, end = indptr[rows], indptr[rows + 1]
-    deg = end - start
+    start = np.asarray(indptr[rows], dtype=np.int64)
+    deg = np.asarray(indptr[rows + 1], dtype=np.int64) - start
     total = int(deg.sum())
     if total == 0:
         empty = np.empty(0, np.int64)
         return (empty, empty, empty) if with_entries else (empty, empty)
-    owner = np.repeat(np.arange(len(nodes)), deg)  # which frontier node each candidate belongs to
-    offset = np.arange(total) - np.repeat(np.cumsum(deg) - deg, deg)  # position within its list
-    entry = np.repeat(start, deg) + offset
-    if fanout >= 0:
-        keys = hash_keys(seed, hop, nodes[owner], offset)
-        order = np.lexsort((keys, owner))  # by owner, then key
-        rank = np.empty(total, np.int64)
-        rank[order] = np.arange(total) - np.repeat(np.cumsum(deg) - deg, deg)
-        keep = rank < fanout
-        owner, entry = owner[keep], entry[keep]
+    if fanout < 0:  # every neighbour
+        owner = np.repeat(np.arange(len(nodes)), deg)
+        offset = np.arange(total) - np.repeat(np.cumsum(deg) - deg, deg)
+    else:
+        owner, offset = _floyd(nodes, deg, fanout, seed, hop)
+    entry = start[owner] + offset
     cand = np.asarray(indices[entry], dtype=np.int64)
     if with_entries:
         return nodes[owner], cand, entry
     return nodes[owner], cand
+
+
+def _floyd(nodes: np.ndarray, deg: np.ndarray, k: int, seed: int, hop: int):
+    """``(owner, position)`` of ``min(deg, k)`` distinct positions in each node's neighbour
+    list, uniformly at random (Floyd's algorithm, round ``i`` drawing for every node at once
+    with the hash of ``(seed, hop, node, i)``), sorted by owner then position."""
+    cnt = np.minimum(deg, k)
+    first = np.cumsum(cnt) - cnt
+    total = int(cnt.sum())
+    owner = np.repeat(np.arange(len(nodes)), cnt)
+    offset = np.arange(total) - np.repeat(first, cnt)  # 0..cnt-1: all of a small list
+    big = np.flatnonzero(deg > k)
+    if big.size:
+        d = deg[big]
+        # Floyd: in round i, t uniform in [0, j] with j = d - k + i; if t is taken, take j.
+        # hash_keys(seed, hop, node, i) = mix64(base ^ i): all rounds' draws in one call
+        base = node_keys(seed, hop, nodes[big])
+        j = (d - k)[:, None] + np.arange(k)  # (nodes, k)
+        chosen = (
+            mix64(base[:, None] ^ np.arange(k, dtype=np.uint64)) % (j + 1).astype(np.uint64)
+        ).astype(np.int64)
+        for i in range(1, k):
+            taken = (chosen[:, :i] == chosen[:, i : i + 1]).any(axis=1)
+            chosen[taken, i] = j[taken, i]
+        chosen.sort(axis=1)
+        offset[(first[big][:, None] + np.arange(k)).ravel()] = chosen.ravel()
+    return owner, offset
 
 
 HopFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -122,51 +155,99 @@ def check_fanouts(fanouts) -> list[int]:
     return [int(f) for f in fanouts]
 
 
-def khop(fetch: HopFn, seeds: np.ndarray, fanouts: list[int]) -> Subgraph:
-    """k-hop sampling around ``seeds`` (duplicates allowed; the first occurrence counts),
-    one ``fetch`` per hop for the frontier of nodes first reached in the previous hop."""
+class LocalIds:
+    """Reusable global -> local id tables (-1 where unset): 4 bytes per graph node each, so
+    that merging a hop costs O(sampled edges) with no sorting. A sample takes a table from
+    the pool and gives it back clean; several samples (threads, or batches in flight in one
+    client) each take their own."""
+
+    def __init__(self, num_nodes: int):
+        self.num_nodes = num_nodes
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> np.ndarray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return np.full(self.num_nodes, -1, np.int32)
+
+    def release(self, table: np.ndarray) -> None:
+        with self._lock:
+            self._free.append(table)
+
+
+def _first_occurrences(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each distinct value (``table`` entries of ``values``
+    must be free, i.e. negative; they hold scratch marks afterwards)."""
+    marks = -2 - np.arange(len(values), dtype=np.int32)
+    table[values[::-1]] = marks[::-1]  # the earliest index is written last
+    return table[values] == marks
+
+
+def khop_steps(seeds: np.ndarray, fanouts: list[int], ids: LocalIds):
+    """k-hop sampling around ``seeds`` (duplicates allowed; the first occurrence counts) as a
+    generator: it yields each hop's request ``(frontier, fanout, hop)``, is sent the answer
+    ``(parent, neighbour, neighbour degree, frontier degree)`` and returns the Subgraph. The
+    frontier of a hop is the nodes first reached in the previous one."""
     seeds = np.asarray(seeds, dtype=np.int64)
-    _, first = np.unique(seeds, return_index=True)
-    first = np.sort(first)
-    nodes, degrees = [seeds[first]], [np.empty(0, np.int64)]
-    known = nodes[0]  # sorted copy of every node reached so far, for membership
-    known_sorted = np.sort(known)
-    frontier = nodes[0]
-    src, dst = [], []
-    count = len(frontier)
-    for hop, fanout in enumerate(fanouts):
-        parent, nbr, nbr_deg, frontier_deg = fetch(frontier, int(fanout), hop)
-        if hop == 0:
-            degrees[0] = np.asarray(frontier_deg, np.int64)
-        if len(nbr):
-            uniq, idx = np.unique(nbr, return_index=True)
-            pos = np.searchsorted(known_sorted, uniq)
-            seen = (pos < len(known_sorted)) & (
-                known_sorted[np.minimum(pos, len(known_sorted) - 1)] == uniq
-            )
-            fresh_idx = np.sort(idx[~seen])  # first occurrences of new nodes, in order
-            fresh = nbr[fresh_idx]
+    table = ids.acquire()
+    nodes: list[np.ndarray] = []
+    try:
+        uniq = seeds[_first_occurrences(seeds, table)]
+        table[uniq] = np.arange(len(uniq), dtype=np.int32)
+        nodes.append(uniq)
+        degrees = [np.empty(0, np.int64)]
+        frontier, count = uniq, len(uniq)
+        src, dst = [], []
+        for hop, fanout in enumerate(fanouts):
+            parent, nbr, nbr_deg, frontier_deg = yield frontier, int(fanout), hop
+            if hop == 0:
+                degrees[0] = np.asarray(frontier_deg, np.int64)
+            new = table[nbr] < 0
+            cand = nbr[new]
+            first = _first_occurrences(cand, table)
+            fresh = cand[first]
+            table[fresh] = np.arange(count, count + len(fresh), dtype=np.int32)
             nodes.append(fresh)
-            degrees.append(np.asarray(nbr_deg, np.int64)[fresh_idx])
-            known_sorted = np.sort(np.concatenate([known_sorted, fresh]))
-            all_nodes = np.concatenate(nodes)
-            order = np.argsort(all_nodes, kind="stable")
-            lookup = all_nodes[order]
-            src.append(order[np.searchsorted(lookup, nbr)])
-            dst.append(order[np.searchsorted(lookup, parent)])
+            degrees.append(np.asarray(nbr_deg, np.int64)[new][first])
+            src.append(table[nbr].astype(np.int64))
+            dst.append(table[parent].astype(np.int64))
             count += len(fresh)
             frontier = fresh
-        else:
-            frontier = np.empty(0, np.int64)
-        if frontier.size == 0:
-            break
+            if frontier.size == 0:
+                break
+    finally:
+        for part in nodes:
+            table[part] = -1
+        if len(seeds):
+            table[seeds] = -1
+        ids.release(table)
     s = np.concatenate(src) if src else np.empty(0, np.int64)
     d = np.concatenate(dst) if dst else np.empty(0, np.int64)
     # both directions, de-duplicated, sorted by (source, target) as np.unique(axis=0) would
-    n = max(count, 1)
-    keys = np.unique(np.r_[s * n + d, d * n + s])
-    edge_index = np.stack([keys // n, keys % n]).astype(np.int64)
-    return Subgraph(np.concatenate(nodes), edge_index, len(first), np.concatenate(degrees))
+    keys = np.concatenate([(s << 32) | d, (d << 32) | s])
+    keys.sort()
+    if len(keys):
+        keep = np.empty(len(keys), bool)
+        keep[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+        keys = keys[keep]
+    edge_index = np.empty((2, len(keys)), np.int64)
+    np.right_shift(keys, 32, out=edge_index[0])
+    np.bitwise_and(keys, 0xFFFFFFFF, out=edge_index[1])
+    return Subgraph(np.concatenate(nodes), edge_index, len(uniq), np.concatenate(degrees))
+
+
+def khop(fetch: HopFn, seeds: np.ndarray, fanouts: list[int], ids: LocalIds) -> Subgraph:
+    """:func:`khop_steps` with each hop answered by ``fetch`` in turn."""
+    steps = khop_steps(seeds, fanouts, ids)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(fetch(*request))
+    except StopIteration as done:
+        return done.value
 
 
 class NeighborSampler:
@@ -174,9 +255,12 @@ class NeighborSampler:
     graph service's client has the same ``sample`` signature and returns the same subgraphs."""
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray):
+        # plain ndarray views of (possibly memory-mapped) arrays: indexing a np.memmap
+        # costs more per call
         self.indptr = np.asarray(indptr)
-        self.indices = indices
+        self.indices = np.asarray(indices)
         self.num_nodes = len(self.indptr) - 1
+        self.ids = LocalIds(self.num_nodes)
 
     def degrees(self, nodes: np.ndarray) -> np.ndarray:
         nodes = np.asarray(nodes, dtype=np.int64)
@@ -193,4 +277,4 @@ class NeighborSampler:
                 f"node ids must be in [0, {self.num_nodes}), got {seeds.min()}..{seeds.max()}"
             )
         fanouts = check_fanouts(fanouts)
-        return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts)
+        return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts, self.ids)

@@ -52,8 +52,9 @@ class GraphShard:
         return {"shard": self.shard, "pid": os.getpid(), "started": self.started}
 
     def sample_hop(self, nodes, fanout: int, seed: int, hop: int):
-        """``(parent, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
-        exactly as the in-process sampler draws them for the same ``seed`` and ``hop``."""
+        """``(count, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
+        exactly as the in-process sampler draws them for the same ``seed`` and ``hop``: the
+        neighbours grouped by node in request order, ``count`` of them per node."""
         with self._serving("sample_hop"):
             nodes = _ids(nodes, "nodes")
             fanout = check_fanouts([fanout])[0]
@@ -62,12 +63,20 @@ class GraphShard:
             if isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) or hop < 0:
                 raise ValueError(f"hop must be a non-negative integer, got {hop!r}")
             rows = self._rows(self.nodes, nodes, "node")
-            parent, nbr, entry = sample_neighbors(
+            _, nbr, entry = sample_neighbors(
                 self.indptr, self.indices, nodes, fanout, int(seed), int(hop), rows, True
             )
             self.sampled_edges += len(nbr)
-            node_deg = self.indptr[rows + 1] - self.indptr[rows]
-            return parent, nbr, np.asarray(self.nbr_degree[entry], np.int64), node_deg
+            node_deg = np.asarray(self.indptr[rows + 1] - self.indptr[rows], np.int64)
+            count = node_deg if fanout < 0 else np.minimum(node_deg, fanout)
+            # int32 on the wire (ids and degrees fit): half the bytes, so more answers stay
+            # under Ray's inline size limit and skip the object store
+            return (
+                count.astype(np.int32),
+                nbr.astype(np.int32),
+                np.asarray(self.nbr_degree[entry], np.int32),
+                node_deg.astype(np.int32),
+            )
 
     def degrees(self, nodes) -> np.ndarray:
         with self._serving("degrees"):

@@ -158,6 +158,11 @@ def test_service_equals_inprocess_sampler(data, ray_services):
             g = b.nodes[b.edge_index]
             for u, v in g.T[:: max(1, g.shape[1] // 200)].tolist():
                 assert v in indices[indptr[u] : indptr[u + 1]]
+        piped = list(client.sample_many(((c[0], i) for i, c in enumerate(cases)), [10, 5], 3))
+        for i, (seeds, _) in enumerate(cases):
+            a = ref.sample(seeds, [10, 5], seed=i)
+            np.testing.assert_array_equal(a.nodes, piped[i].nodes)
+            np.testing.assert_array_equal(a.edge_index, piped[i].edge_index)
         again = client.sample(cases[2][0], [10, 5], seed=2)
         np.testing.assert_array_equal(again.nodes, client.sample(cases[2][0], [10, 5], 2).nodes)
         feats = client.features(np.arange(0, ref.num_nodes, 11))

@@ -59,3 +59,58 @@ def test_fanouts_on_ml100k_graph(ml100k_prepared):
         assert n in indices[indptr[p] : indptr[p + 1]]
     again = sampler.sample(seeds, [10, 5], seed=3)
     assert (again.nodes == sub.nodes).all() and (again.edge_index == sub.edge_index).all()
+
+
+def straightforward_merge(sampler, seeds, fanouts, seed):
+    """The k-hop merge written as a loop with a dict (what the vectorised one must equal)."""
+    known, nodes, pairs = {}, [], set()
+    for s in seeds.tolist():
+        if s not in known:
+            known[s] = len(nodes)
+            nodes.append(s)
+    frontier = list(nodes)
+    for hop, fanout in enumerate(fanouts):
+        parent, nbr = sample_neighbors(
+            sampler.indptr, sampler.indices, np.array(frontier, np.int64), fanout, seed, hop
+        )
+        fresh = []
+        for p, n in zip(parent.tolist(), nbr.tolist()):
+            if n not in known:
+                known[n] = len(nodes)
+                nodes.append(n)
+                fresh.append(n)
+            pairs.add((known[p], known[n]))
+            pairs.add((known[n], known[p]))
+        frontier = fresh
+        if not frontier:
+            break
+    return np.array(nodes), np.array(sorted(pairs)).T
+
+
+def test_vectorised_merge_equals_a_loop_and_sampling_is_uniform():
+    rng = np.random.default_rng(1)
+    n = 300
+    edges = {tuple(sorted(e)) for e in rng.integers(0, n, (3000, 2)).tolist() if e[0] != e[1]}
+    both = sorted({*edges, *[(b, a) for a, b in edges]})
+    indptr = np.zeros(n + 1, np.int64)
+    np.add.at(indptr, np.array([a for a, _ in both]) + 1, 1)
+    indptr = np.cumsum(indptr)
+    indices = np.array([b for _, b in both])
+    sampler = NeighborSampler(indptr, indices)
+    for trial in range(20):
+        seeds = rng.integers(0, n, 1 + trial * 5)
+        fanouts = [[3, 2], [5], [-1], [2, 2, 2]][trial % 4]
+        sub = sampler.sample(seeds, fanouts, seed=trial)
+        nodes, edge_index = straightforward_merge(sampler, seeds, fanouts, trial)
+        np.testing.assert_array_equal(sub.nodes, nodes)
+        np.testing.assert_array_equal(sub.edge_index, edge_index.reshape(2, -1))
+        np.testing.assert_array_equal(sub.degrees, sampler.degrees(sub.nodes))
+    # each of a node's d neighbours is drawn with probability k/d (Floyd's algorithm)
+    v = int(np.argmax(np.diff(indptr)))
+    d, k = int(np.diff(indptr)[v]), 4
+    hits = np.zeros(d)
+    for s in range(3000):
+        _, nbr = sample_neighbors(indptr, indices, np.array([v]), k, s, 0)
+        assert len(set(nbr.tolist())) == k
+        hits[np.searchsorted(indices[indptr[v] : indptr[v + 1]], nbr)] += 1
+    assert np.abs(hits / 3000 - k / d).max() < 0.05
