@@ -3,8 +3,8 @@
 1. Neighbourhoods per second (one neighbourhood = the 2-hop sample around one seed node,
    fanouts [10, 5]) for batches of 32 to 1024 random ML-100K nodes, for: the graph service
    with 1, 2 and 4 shard actors (a client in this process, a local Ray with token auth), the
-   in-process sampler on the same CSR (service figures: the client's pipelining, 4 batches
-   in flight; and one batch at a time for 1 shard), and the reference approach of the GraphLoRA paper's
+   in-process sampler on the same CSR (service figures: ``GraphClient.sample_many``, 32 batches
+   sharing each request; and one batch at a time for 1 shard), and the reference approach of the GraphLoRA paper's
    code (a per-batch Python BFS over the CSR matrix, ``random.sample`` per node). The methods
    take turns within each round on the same batches; each figure is the fastest round.
 2. The fraction of step time a real 2-rank training run (``lorarec train``, GraphLoRA, the
@@ -67,9 +67,9 @@ def _sequential(client):
     return lambda batches: [client.sample(seeds, FANOUTS, i) for i, seeds in enumerate(batches)]
 
 
-def _pipelined(client, depth: int = 4):
+def _grouped(client, group: int = 32):
     def run(batches):
-        return list(client.sample_many(((s, i) for i, s in enumerate(batches)), FANOUTS, depth))
+        return list(client.sample_many(((s, i) for i, s in enumerate(batches)), FANOUTS, group))
 
     return run
 
@@ -96,11 +96,11 @@ def throughput(data_dir: str, sizes: list[int], rounds: int, per_size_seeds: int
     clients = {n: GraphClient(s.namespace) for n, s in keep.items()}
     rng = np.random.default_rng(0)
     py_rng = random.Random(0)
-    # the service's throughput with the client's pipelining (4 batches in flight), and one
-    # batch at a time (latency-bound) for 1 shard
+    # the service's throughput with the client's grouping (32 batches share each request), and
+    # one batch at a time (latency-bound) for 1 shard
     methods = {
         "inprocess": lambda batches: [inproc.sample(s, FANOUTS, i) for i, s in enumerate(batches)],
-        **{f"service_{n}": _pipelined(c) for n, c in clients.items()},
+        **{f"service_{n}": _grouped(c) for n, c in clients.items()},
         "service_1_sequential": _sequential(clients[1]),
         "bfs_reference": lambda batches: [
             bfs_reference(indptr, indices, s, FANOUTS, py_rng) for s in batches
@@ -175,10 +175,10 @@ def main() -> None:
     args = p.parse_args()
     started = time.perf_counter()
     if args.quick:
-        sizes, rounds, seeds = [32, 256, 1024], 2, 2048
+        sizes, rounds, seeds = [32, 256, 1024], 2, 8192
         config, steps, overrides = "configs/tiny.yaml", 10, ["train.micro_batch_size=2"]
     else:
-        sizes, rounds, seeds = [32, 64, 128, 256, 512, 1024], 5, 8192
+        sizes, rounds, seeds = [32, 64, 128, 256, 512, 1024], 5, 16384
         config, steps, overrides = "configs/demo.yaml", 12, []
     overrides.append(f"data.dir={args.data}")
     report = {"quick": args.quick, "throughput": throughput(args.data, sizes, rounds, seeds)}

@@ -19,8 +19,8 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -158,11 +158,11 @@ class GraphClient:
             # where each of this shard's answers goes: its node's slot, then its rank there
             at = np.repeat(start[pos] - (np.cumsum(c) - c), c) + np.arange(len(n))
             nbr[at], nbr_deg[at] = n, d
-        return np.repeat(frontier, count), nbr, nbr_deg, frontier_deg
+        return np.repeat(frontier, count), nbr, nbr_deg, frontier_deg, count
 
     def _hop(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
         routes, requests = self._hop_requests(frontier, fanout, hop, seed)
-        return self._merge_hop(frontier, routes, self._call(requests))
+        return self._merge_hop(frontier, routes, self._call(requests))[:4]
 
     def sample(self, seeds: np.ndarray, fanouts: list[int], seed: int) -> Subgraph:
         """The k-hop neighbourhood of ``seeds``: equal to ``NeighborSampler.sample``."""
@@ -170,45 +170,51 @@ class GraphClient:
         fanouts = check_fanouts(fanouts)
         return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts, self.ids)
 
-    def sample_many(self, batches, fanouts: list[int], depth: int = 4):
-        """``sample(seeds, fanouts, seed)`` for each ``(seeds, seed)`` of ``batches``, in order,
-        with up to ``depth`` batches in flight: while the shards sample one batch's hop, this
-        process merges another's."""
+    def sample_many(self, batches, fanouts: list[int], group: int = 16):
+        """``sample(seeds, fanouts, seed)`` for each ``(seeds, seed)`` of ``batches``, in order.
+        ``group`` batches go together: one request per shard per hop carries all of their
+        frontiers (each node with its batch's seed), so the cost of a request is shared."""
         fanouts = check_fanouts(fanouts)
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        if group < 1:
+            raise ValueError(f"group must be at least 1, got {group}")
         batches = iter(batches)
-        flight: deque = deque()  # [steps, seed, frontier, routes, requests, refs]
+        while chunk := list(islice(batches, group)):
+            yield from self._sample_group(chunk, fanouts)
 
-        def launch(steps, seed, request) -> None:
-            frontier, fanout, hop = request
-            routes, requests = self._hop_requests(frontier, fanout, hop, seed)
-            flight.append([steps, seed, frontier, routes, requests, self._submit(requests)])
-
-        exhausted = False
-        while True:
-            while not exhausted and len(flight) < depth:
-                item = next(batches, None)
-                if item is None:
-                    exhausted = True
-                    break
-                seeds, seed = item
-                steps = khop_steps(
-                    self._check_nodes(seeds, self.num_nodes, "node"), fanouts, self.ids
-                )
-                launch(steps, seed, next(steps))
-            if not flight:
-                return
-            steps, seed, frontier, routes, requests, refs = flight.popleft()
-            answer = self._merge_hop(frontier, routes, self._collect(requests, refs))
-            try:
-                request = steps.send(answer)
-            except StopIteration as done:
-                yield done.value
-                continue
-            # its next hop goes to the back; the batches ahead of it are already in flight
-            launch(steps, seed, request)
-            flight.rotate(1)  # keep batch order: the oldest stays first
+    def _sample_group(self, chunk, fanouts: list[int]) -> list[Subgraph]:
+        results: list[Subgraph | None] = [None] * len(chunk)
+        active = {}  # batch -> (steps, seed, its request for this hop)
+        for i, (seeds, seed) in enumerate(chunk):
+            steps = khop_steps(self._check_nodes(seeds, self.num_nodes, "node"), fanouts, self.ids)
+            active[i] = (steps, int(seed), next(steps))
+        while active:  # all active batches are at the same hop
+            order = list(active)
+            frontiers = [active[i][2][0] for i in order]
+            _, fanout, hop = active[order[0]][2]
+            nodes = np.concatenate(frontiers)
+            seeds = np.repeat([active[i][1] for i in order], [len(f) for f in frontiers])
+            routes = self._route(nodes)
+            requests = {
+                k: ("sample_hop", (nodes[pos], fanout, seeds[pos], hop))
+                for k, pos in routes.items()
+            }
+            parent, nbr, nbr_deg, node_deg, counts = self._merge_hop(
+                nodes, routes, self._call(requests)
+            )
+            # split the merged hop back into batches: frontier segments, then their answers
+            node_end = np.cumsum([len(f) for f in frontiers])
+            edges_end = np.r_[0, np.cumsum(counts)][node_end]
+            n0 = e0 = 0
+            for i, n1, e1 in zip(order, node_end, edges_end):
+                steps = active[i][0]
+                answer = (parent[e0:e1], nbr[e0:e1], nbr_deg[e0:e1], node_deg[n0:n1])
+                try:
+                    active[i] = (steps, active[i][1], steps.send(answer))
+                except StopIteration as done:
+                    results[i] = done.value
+                    del active[i]
+                n0, e0 = n1, e1
+        return results
 
     def features(self, nodes: np.ndarray) -> np.ndarray:
         nodes = self._check_nodes(nodes, self.num_nodes, "node")

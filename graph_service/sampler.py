@@ -39,10 +39,12 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return z
 
 
-def node_keys(seed: int, hop: int, nodes: np.ndarray) -> np.ndarray:
-    """The per-(seed, hop, node) part of :func:`hash_keys`."""
+def node_keys(seed, hop: int, nodes: np.ndarray) -> np.ndarray:
+    """The per-(seed, hop, node) part of :func:`hash_keys`; ``seed`` is one integer or one per
+    node."""
     with np.errstate(over="ignore"):
-        h = mix64(np.array([seed], np.uint64) ^ mix64(np.array([hop], np.uint64)))
+        seeds = np.asarray(seed).astype(np.uint64).reshape(-1)
+        h = mix64(seeds ^ mix64(np.array([hop], np.uint64)))
         return mix64(h ^ np.asarray(nodes).astype(np.uint64))
 
 
@@ -57,12 +59,13 @@ def sample_neighbors(
     indices: np.ndarray,
     nodes: np.ndarray,
     fanout: int,
-    seed: int,
+    seed,
     hop: int,
     rows: np.ndarray | None = None,
     with_entries: bool = False,
 ):
-    """One hop: (parent, neighbour) pairs for every node of ``nodes`` (global ids).
+    """One hop: (parent, neighbour) pairs for every node of ``nodes`` (global ids); ``seed``
+    is one integer, or one per node (several requests answered together).
 
     ``rows`` are the nodes' rows in ``indptr`` when the CSR covers only some nodes (a shard);
     by default a node's row is its id. ``with_entries`` also returns the position in
@@ -101,7 +104,7 @@ def _floyd(nodes: np.ndarray, deg: np.ndarray, k: int, seed: int, hop: int):
         d = deg[big]
         # Floyd: in round i, t uniform in [0, j] with j = d - k + i; if t is taken, take j.
         # hash_keys(seed, hop, node, i) = mix64(base ^ i): all rounds' draws in one call
-        base = node_keys(seed, hop, nodes[big])
+        base = node_keys(seed if np.ndim(seed) == 0 else np.asarray(seed)[big], hop, nodes[big])
         j = (d - k)[:, None] + np.arange(k)  # (nodes, k)
         chosen = (
             mix64(base[:, None] ^ np.arange(k, dtype=np.uint64)) % (j + 1).astype(np.uint64)

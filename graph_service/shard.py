@@ -58,13 +58,25 @@ class GraphShard:
         with self._serving("sample_hop"):
             nodes = _ids(nodes, "nodes")
             fanout = check_fanouts([fanout])[0]
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            if isinstance(seed, np.ndarray):  # one seed per node: several batches at once
+                if seed.shape != nodes.shape or not np.issubdtype(seed.dtype, np.integer):
+                    raise ValueError(f"seeds must be one integer per node, got {seed.shape}")
+                if seed.size and seed.min() < 0:
+                    raise ValueError("seeds must be non-negative integers")
+            elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
                 raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
             if isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) or hop < 0:
                 raise ValueError(f"hop must be a non-negative integer, got {hop!r}")
             rows = self._rows(self.nodes, nodes, "node")
             _, nbr, entry = sample_neighbors(
-                self.indptr, self.indices, nodes, fanout, int(seed), int(hop), rows, True
+                self.indptr,
+                self.indices,
+                nodes,
+                fanout,
+                seed if isinstance(seed, np.ndarray) else int(seed),
+                int(hop),
+                rows,
+                True,
             )
             self.sampled_edges += len(nbr)
             node_deg = np.asarray(self.indptr[rows + 1] - self.indptr[rows], np.int64)

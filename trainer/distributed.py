@@ -141,7 +141,22 @@ class DeepSpeedStrategy:
 
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+        if getattr(self, "device", None) is not None and self.device.type == "cpu":
+            # DeepSpeed's CPU allreduce maps a 64 MiB /dev/shm segment per rank and never
+            # unlinks it; every rank has mapped the others' by now, so the name can go
+            # (without this, each run leaves 64 MiB per rank in shared memory)
+            name = "_".join(
+                [
+                    "deepspeed_allreduce_buffer",
+                    str(os.getuid()),
+                    os.environ.get("MASTER_ADDR", ""),
+                    os.environ.get("MASTER_PORT", ""),
+                    str(self.local_rank),
+                ]
+            )
+            Path("/dev/shm", name).unlink(missing_ok=True)
 
     # -------------------------------------------------------------------- model
 
