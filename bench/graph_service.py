@@ -176,7 +176,7 @@ def main() -> None:
     started = time.perf_counter()
     if args.quick:
         sizes, rounds, seeds = [32, 256, 1024], 2, 8192
-        config, steps, overrides = "configs/tiny.yaml", 10, ["train.micro_batch_size=2"]
+        config, steps, overrides = "configs/tiny.yaml", 6, ["train.micro_batch_size=2"]
     else:
         sizes, rounds, seeds = [32, 64, 128, 256, 512, 1024], 5, 16384
         config, steps, overrides = "configs/demo.yaml", 12, []
