@@ -40,18 +40,12 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def node_keys(seed, hop: int, nodes: np.ndarray) -> np.ndarray:
-    """The per-(seed, hop, node) part of :func:`hash_keys`; ``seed`` is one integer or one per
-    node."""
+    """A 64-bit key of each ``(seed, hop, node)``; round ``i`` of a node's draw hashes
+    ``key ^ i``. ``seed`` is one integer or one per node."""
     with np.errstate(over="ignore"):
         seeds = np.asarray(seed).astype(np.uint64).reshape(-1)
         h = mix64(seeds ^ mix64(np.array([hop], np.uint64)))
         return mix64(h ^ np.asarray(nodes).astype(np.uint64))
-
-
-def hash_keys(seed: int, hop: int, nodes: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each ``(seed, hop, node, position)``."""
-    with np.errstate(over="ignore"):
-        return mix64(node_keys(seed, hop, nodes) ^ np.asarray(positions).astype(np.uint64))
 
 
 def sample_neighbors(
@@ -103,7 +97,7 @@ def _floyd(nodes: np.ndarray, deg: np.ndarray, k: int, seed: int, hop: int):
     if big.size:
         d = deg[big]
         # Floyd: in round i, t uniform in [0, j] with j = d - k + i; if t is taken, take j.
-        # hash_keys(seed, hop, node, i) = mix64(base ^ i): all rounds' draws in one call
+        # round i draws with mix64(base ^ i): all rounds' draws in one call
         base = node_keys(seed if np.ndim(seed) == 0 else np.asarray(seed)[big], hop, nodes[big])
         j = (d - k)[:, None] + np.arange(k)  # (nodes, k)
         chosen = (

@@ -39,12 +39,16 @@ def actor_name(shard: int) -> str:
     return f"shard-{shard:04d}"
 
 
-def namespace_for(manifest: dict[str, Any]) -> str:
-    """The service's namespace: a digest of the partition's source data, task and shard count."""
-    key = json.dumps(
-        [manifest["source"]["manifest_sha256"], manifest["source"]["task"], manifest["num_shards"]]
-    )
+def namespace_of(data_manifest_sha256: str, task: str, num_shards: int) -> str:
+    """The service's namespace: a digest of the source data, task and shard count."""
+    key = json.dumps([data_manifest_sha256, task, num_shards])
     return NAMESPACE_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def namespace_for(manifest: dict[str, Any]) -> str:
+    """The namespace of a partition's service."""
+    src = manifest["source"]
+    return namespace_of(src["manifest_sha256"], src["task"], manifest["num_shards"])
 
 
 # --------------------------------------------------------------------------- Ray connection

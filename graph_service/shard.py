@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lorarec.graph_service.partition import ShardData
+from lorarec.graph_service.partition import ShardData, ranges
 from lorarec.graph_service.sampler import check_fanouts, sample_neighbors
 
 
@@ -90,11 +90,6 @@ class GraphShard:
                 node_deg.astype(np.int32),
             )
 
-    def degrees(self, nodes) -> np.ndarray:
-        with self._serving("degrees"):
-            rows = self._rows(self.nodes, _ids(nodes, "nodes"), "node")
-            return self.indptr[rows + 1] - self.indptr[rows]
-
     def features(self, nodes) -> np.ndarray:
         with self._serving("features"):
             rows = self._rows(self.nodes, _ids(nodes, "nodes"), "node")
@@ -125,10 +120,7 @@ class GraphShard:
                     cut[j] = s + hit[0]
                 ends = cut
             starts = np.maximum(starts, ends - length)
-            lengths = ends - starts
-            total = int(lengths.sum())
-            idx = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-            return lengths, np.asarray(self.hist_items[idx], np.int64)
+            return ends - starts, np.asarray(self.hist_items[ranges(starts, ends)], np.int64)
 
     def stats(self) -> dict[str, Any]:
         mapped = sum(int(a.nbytes) for a in self.data.arrays.values())

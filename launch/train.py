@@ -170,15 +170,7 @@ def graph_service_for_run(cfg: RunConfig, data, ray_address: str | None, multi_n
         )
         address = service.gcs_address()
     else:
-        namespace = service.namespace_for(
-            {
-                "source": {
-                    "manifest_sha256": data.cache_key()["manifest_sha256"],
-                    "task": data.task,
-                },
-                "num_shards": g.shards,
-            }
-        )
+        namespace = service.namespace_of(data.cache_key()["manifest_sha256"], data.task, g.shards)
         service.connect(ray_address)
         found = len(service.shard_handles(namespace))
         if found != g.shards:
