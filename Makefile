@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests need (Prometheus for the monitoring integration test).
-DEBS   := prometheus
+# Debian packages the tests need (Prometheus and its Pushgateway for the monitoring tests).
+DEBS   := prometheus prometheus-pushgateway
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install debs lint format unit clean

@@ -249,6 +249,26 @@ class GraphServiceConfig:
 
 
 @dataclass
+class MonitoringConfig:
+    """Prometheus ``/metrics`` endpoints of the trainer ranks and graph shards."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Address the endpoints bind to: loopback by default; ``0.0.0.0`` lets a Prometheus on
+    another machine scrape them (they are then announced under the node's host name)."""
+    port: int = 0
+    """Base port: rank r of a node serves on ``port + local rank``; 0 picks free ports. Either
+    way the endpoints are announced in ``RUN_DIR/prometheus_targets.json``."""
+    shard_port: int = 0
+    """Base port of the graph shards started by ``lorarec train`` (shard k: ``shard_port + k``);
+    0 picks free ports."""
+    job: str | None = None
+    """The ``job`` label of this run's series (default: ``<name>`` or ``<name>-<run dir>``)."""
+    pushgateway: str | None = None
+    """A Pushgateway URL to push the job summary to when the run ends (off by default)."""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out: str | None = None
@@ -261,10 +281,20 @@ class RunConfig:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     graph_service: GraphServiceConfig = field(default_factory=GraphServiceConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.name
+
+    @property
+    def job(self) -> str:
+        """The ``job`` label of the run's metrics: ``monitoring.job``, or the run's name (with
+        its directory's name when that differs, e.g. ``demo-20261122-101500``)."""
+        if self.monitoring.job:
+            return self.monitoring.job
+        d = self.run_dir.name
+        return self.name if d in (self.name, "") else f"{self.name}-{d}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -331,6 +361,24 @@ def check_adapter(cfg: RunConfig, origin: str) -> None:
     if g.cpus_per_shard < 0 or g.max_restarts < -1:
         raise ConfigError(
             f"{origin}: graph_service.cpus_per_shard must be >= 0 and max_restarts >= -1"
+        )
+
+    m = cfg.monitoring
+    for key, count in (("port", cfg.launch.ranks_per_node), ("shard_port", g.shards)):
+        base = getattr(m, key)
+        if base != 0 and not (1024 <= base and base + count - 1 <= 65535):
+            raise ConfigError(
+                f"{origin}: monitoring.{key}={base} must be 0 (free ports) or a base port "
+                f"from 1024 with {count} ports after it up to 65535"
+            )
+    if not m.host.strip():
+        raise ConfigError(f"{origin}: monitoring.host must be an address, got {m.host!r}")
+    if m.job is not None and not m.job.strip():
+        raise ConfigError(f"{origin}: monitoring.job must not be empty")
+    if m.pushgateway is not None and not m.pushgateway.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{origin}: monitoring.pushgateway must be an http:// or https:// URL, "
+            f"got {m.pushgateway!r}"
         )
 
 

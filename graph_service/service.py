@@ -199,6 +199,12 @@ class ServiceOptions:
     cpus_per_shard: float = 0.25
     max_restarts: int = -1  # -1: restart without limit
     verify: bool = True
+    metrics_host: str | None = "127.0.0.1"
+    """Address the shards serve ``/metrics`` on (None: no endpoint)."""
+    metrics_port: int = 0
+    """Base port (shard k: ``metrics_port + k``); 0 picks free ports."""
+    job: str | None = None
+    """``job`` label of the shards' series (default: the service's namespace)."""
 
 
 @dataclass
@@ -221,6 +227,17 @@ def start(partition_dir: Path, opts: ServiceOptions, detached: bool) -> Service:
     manifest = read_manifest(partition_dir)
     namespace = namespace_for(manifest)
     cls = actor_class()
+
+    def metrics(k: int) -> dict | None:
+        if opts.metrics_host is None:
+            return None
+        return {
+            "host": opts.metrics_host,
+            "port": opts.metrics_port + k if opts.metrics_port else 0,
+            "job": opts.job or namespace,
+            "service": namespace,
+        }
+
     handles = []
     for k in range(manifest["num_shards"]):
         handles.append(
@@ -232,7 +249,7 @@ def start(partition_dir: Path, opts: ServiceOptions, detached: bool) -> Service:
                 max_restarts=opts.max_restarts,
                 max_task_retries=0,  # the client retries, with backoff
                 num_cpus=opts.cpus_per_shard,
-            ).remote(str(Path(partition_dir).resolve()), k, opts.verify)
+            ).remote(str(Path(partition_dir).resolve()), k, opts.verify, metrics(k))
         )
     try:
         ray.get([h.ready.remote() for h in handles])
@@ -277,6 +294,28 @@ def restarts(namespace: str) -> dict[str, int]:
     for h in shard_handles(namespace):
         info = ray._private.state.actors(actor_id=h._actor_id.hex())
         out[info["Name"]] = int(info["NumRestarts"])
+    return out
+
+
+def metrics_endpoints(namespace: str, timeout: float = 2.0) -> list:
+    """Each shard's ``/metrics`` endpoint (``Endpoint``), in shard order; ``None`` for a shard
+    that does not answer within ``timeout`` (restarting) or serves none."""
+    import ray
+
+    from lorarec.monitoring.exporter import Endpoint
+
+    refs = [h.metrics_endpoint.remote() for h in shard_handles(namespace)]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    done = {r.hex() for r in ready}
+    out = []
+    for ref in refs:
+        found = None
+        if ref.hex() in done:
+            try:
+                found = ray.get(ref)
+            except ray.exceptions.RayError:
+                found = None  # died while answering; asked again next round
+        out.append(None if found is None else Endpoint.from_json(found))
     return out
 
 

@@ -31,12 +31,33 @@ def _ids(values, what: str) -> np.ndarray:
 
 
 class GraphShard:
-    def __init__(self, root: str | Path, shard: int, verify: bool = True):
+    """One partition's requests. ``metrics`` (``host``, ``port``, ``job``, ``service``) serves
+    the shard's Prometheus series at ``http://host:port/metrics``; without it they are only
+    counted."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        shard: int,
+        verify: bool = True,
+        metrics: dict[str, Any] | None = None,
+    ):
+        from lorarec.monitoring.exporter import ShardMetrics, node_name
+
         self.started = time.time()
         self.data = ShardData.load(root, shard, verify=verify)
         a = self.data.arrays
         self.shard = shard
         self.num_shards = self.data.manifest["num_shards"]
+        m = metrics or {}
+        self.metrics = ShardMetrics(
+            m.get("job", "lorarec-graph"), m.get("service", ""), node_name(), shard
+        )
+        self.metrics.mapped.set(sum(int(x.nbytes) for x in a.values()))
+        self.metrics.restarts.set(_actor_restarts())
+        self.endpoint = None
+        if metrics is not None:
+            self.endpoint = self.metrics.serve(metrics["host"], int(metrics["port"]))
         self.nodes, self.indptr, self.indices = a["nodes"], a["indptr"], a["indices"]
         self.nbr_degree, self.node_features = a["nbr_degree"], a["features"]
         self.users, self.hist_indptr = a["users"], a["hist_indptr"]
@@ -50,6 +71,10 @@ class GraphShard:
 
     def ready(self) -> dict[str, Any]:
         return {"shard": self.shard, "pid": os.getpid(), "started": self.started}
+
+    def metrics_endpoint(self) -> dict[str, Any] | None:
+        """Where this shard serves ``/metrics`` (``Endpoint.to_json``), or None."""
+        return None if self.endpoint is None else self.endpoint.to_json()
 
     def sample_hop(self, nodes, fanout: int, seed: int, hop: int):
         """``(count, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
@@ -79,6 +104,7 @@ class GraphShard:
                 True,
             )
             self.sampled_edges += len(nbr)
+            self.metrics.sampled_edges.inc(len(nbr))
             node_deg = np.asarray(self.indptr[rows + 1] - self.indptr[rows], np.int64)
             count = node_deg if fanout < 0 else np.minimum(node_deg, fanout)
             # int32 on the wire (ids and degrees fit): half the bytes, so more answers stay
@@ -140,6 +166,7 @@ class GraphShard:
             "errors": dict(self.errors),
             "sampled_edges": self.sampled_edges,
             "busy_seconds": self.busy_seconds,
+            "metrics_url": None if self.endpoint is None else self.endpoint.url,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -161,12 +188,30 @@ class GraphShard:
         start = time.perf_counter()
         self.requests[kind] += 1
         try:
-            yield
+            with self.metrics.request(kind):
+                yield
         except Exception:
             self.errors[kind] += 1
             raise
         finally:
             self.busy_seconds += time.perf_counter() - start
+
+
+def _actor_restarts() -> int:
+    """How often Ray has restarted the actor running this code (0 outside an actor), from
+    the GCS actor table."""
+    import sys
+
+    if "ray" not in sys.modules:  # not in a Ray worker
+        return 0
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    actor_id = ray.get_runtime_context().get_actor_id()
+    if actor_id is None:
+        return 0
+    return int(ray._private.state.actors(actor_id=actor_id)["NumRestarts"])
 
 
 def actor_class():

@@ -1,7 +1,7 @@
 """``lorarec``: the command line.
 
 Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``train``,
-``graph serve|status|stop``, ``config show``.
+``graph serve|status|stop``, ``monitor``, ``config show``.
 User errors print one line (``lorarec: error: ...``) and exit with code 2; ``--debug`` shows
 the traceback.
 """
@@ -244,29 +244,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir, config_path, env = T.prepare_run_dir(cfg, service_env)
     cmd = T.launcher_command(cfg, config_path, opts)
     print(T.format_command(cmd, env), flush=True)
+    from lorarec.launch import monitor as M
+
+    main_node = opts.node_rank in (None, 0)
+    targets = M.run_targets(cfg, run_dir, service) if main_node else None
+    if targets is not None:
+        print(
+            f"metrics: endpoints listed in {run_dir / 'prometheus_targets.json'} while they are "
+            f"up; watch them with `lorarec monitor {run_dir}`",
+            flush=True,
+        )
     start = time.perf_counter()
+    graph = None
     try:
         rc = T.run_launcher(cmd, env, run_dir)
     finally:
+        if targets is not None:
+            targets.stop()
         if service is not None:
             import ray
 
+            if main_node:
+                try:
+                    graph = M.graph_service_summary(service)
+                except Exception as exc:  # the run's own outcome matters more; say so
+                    print(f"lorarec: warning: no graph service summary: {exc}", file=sys.stderr)
             ray.shutdown()  # the embedded service and local Ray end with the training
+    train_seconds = time.perf_counter() - start
+    results = None
     if rc != 0:
         print(
             f"lorarec: error: training failed (launcher exit code {rc}); run directory {run_dir}",
             file=sys.stderr,
         )
-        return rc
-    print(f"trained in {time.perf_counter() - start:.0f} s; adapter: {run_dir / 'adapter'}")
-    if cfg.train.evaluate and (opts.node_rank in (None, 0)):
-        from lorarec.trainer.evaluate import results_table, run_evaluation
+    else:
+        print(f"trained in {train_seconds:.0f} s; adapter: {run_dir / 'adapter'}")
+        if cfg.train.evaluate and main_node:
+            from lorarec.trainer.evaluate import results_table, run_evaluation
 
-        results = run_evaluation(cfg, llm=True, adapter=str(run_dir / "adapter"), progress=True)
-        table = results_table(results)
-        write_json_atomic(run_dir / "results.json", results)
-        write_text_atomic(run_dir / "results.md", table + "\n")
-        print(table)
+            results = run_evaluation(cfg, llm=True, adapter=str(run_dir / "adapter"), progress=True)
+            table = results_table(results)
+            write_json_atomic(run_dir / "results.json", results)
+            write_text_atomic(run_dir / "results.md", table + "\n")
+            print(table)
+    if main_node:
+        M.write_job_summary(cfg, run_dir, rc, time.perf_counter() - start, graph, results)
+        print(f"job summary: {run_dir / 'job_summary.json'}")
+    if rc != 0:
+        return rc
     print(f"run directory: {run_dir}")
     return 0
 
@@ -283,12 +308,21 @@ def cmd_graph(args: argparse.Namespace) -> int:
             args.partitions,
             args.cpus_per_shard,
             args.max_restarts,
+            None if args.no_metrics else args.metrics_host,
+            args.metrics_port,
+            args.job,
         )
     elif args.graph_verb == "status":
         graph.status(args.address, args.json)
     else:
         graph.stop(args.address, args.namespace)
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from lorarec.launch.monitor import monitor
+
+    return monitor(args.run_dir, args.port, args.scrape_interval, args.prometheus)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -399,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--partitions", help="partition directory (default under $LORAREC_HOME)")
     gs.add_argument("--cpus-per-shard", type=float, default=0.25)
     gs.add_argument("--max-restarts", type=int, default=-1, help="-1: without limit")
+    gs.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the shards serve /metrics on (default loopback; 0.0.0.0 for all)",
+    )
+    gs.add_argument(
+        "--metrics-port", type=int, default=0, help="base port (shard k: +k); 0 picks free ports"
+    )
+    gs.add_argument("--no-metrics", action="store_true", help="serve no /metrics endpoints")
+    gs.add_argument("--job", help="job label of the shards' metrics (default: the namespace)")
     gst = g.add_parser("status", help="shards, nodes, memory and requests of running services")
     gst.add_argument("--address")
     gst.add_argument("--json", action="store_true")
@@ -407,6 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     gsp.add_argument("--namespace")
     for sp in (gs, gst, gsp):
         sp.set_defaults(func=cmd_graph)
+
+    mo = sub.add_parser(
+        "monitor", help="start a local Prometheus that scrapes a run's /metrics endpoints"
+    )
+    mo.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (lorarec train --out)")
+    mo.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1 (0: free)")
+    mo.add_argument("--scrape-interval", default="5s", help="e.g. 1s, 5s, 1m (default 5s)")
+    mo.add_argument("--prometheus", help="the prometheus binary (default: found on PATH)")
+    mo.set_defaults(func=cmd_monitor)
 
     c = sub.add_parser("config", help="inspect run configs").add_subparsers(
         dest="config_verb", required=True, metavar="VERB"

@@ -61,16 +61,27 @@ def serve(
     partitions: str | None,
     cpus_per_shard: float,
     max_restarts: int,
+    metrics_host: str | None = "127.0.0.1",
+    metrics_port: int = 0,
+    job: str | None = None,
 ) -> dict[str, Any]:
     from lorarec.data.prepared import PreparedData
     from lorarec.graph_service import partition, service
 
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, got {shards}")
+    if metrics_port and not 1024 <= metrics_port <= 65535 - shards + 1:
+        raise UsageError(
+            f"--metrics-port must be 0 (free ports) or a base port from 1024 with {shards} "
+            f"ports after it up to 65535, got {metrics_port}"
+        )
     data = PreparedData.open(data_dir, task)
     part = partition.ensure(data, shards, partitions)
     address = _connect(address, start_local=True)
-    svc = service.start(part, service.ServiceOptions(cpus_per_shard, max_restarts), detached=True)
+    opts = service.ServiceOptions(
+        cpus_per_shard, max_restarts, metrics_host=metrics_host, metrics_port=metrics_port, job=job
+    )
+    svc = service.start(part, opts, detached=True)
     print(
         f"graph service {svc.namespace}: {shards} shards of {data.root} ({task}) on Ray "
         f"{address}; partitions {part}\n"
@@ -80,22 +91,27 @@ def serve(
     return {"namespace": svc.namespace, "address": address, "partitions": str(part)}
 
 
-def status(address: str | None, as_json: bool) -> list[dict[str, Any]]:
+def service_rows(namespace: str) -> list[dict[str, Any]]:
+    """Each shard's stats with its namespace and restart count (caller connected to Ray)."""
     from lorarec.graph_service import service
     from lorarec.graph_service.client import GraphClient
 
+    restarts = service.restarts(namespace)
+    return [
+        {
+            "namespace": namespace,
+            "restarts": restarts.get(service.actor_name(st["shard"]), 0),
+            **st,
+        }
+        for st in GraphClient(namespace, retries=2).stats()
+    ]
+
+
+def status(address: str | None, as_json: bool) -> list[dict[str, Any]]:
+    from lorarec.graph_service import service
+
     _connect(address)
-    rows = []
-    for ns in sorted(service.services()):
-        client = GraphClient(ns, retries=2)
-        restarts = service.restarts(ns)
-        for st in client.stats():
-            st = {
-                "namespace": ns,
-                "restarts": restarts.get(service.actor_name(st["shard"]), 0),
-                **st,
-            }
-            rows.append(st)
+    rows = [row for ns in sorted(service.services()) for row in service_rows(ns)]
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     elif not rows:
@@ -111,6 +127,9 @@ def status(address: str | None, as_json: bool) -> list[dict[str, Any]]:
                 f"{r['max_rss_bytes'] / 2**20:>7.0f} {sum(r['requests'].values()):>9} "
                 f"{sum(r['errors'].values()):>6} {r['restarts']:>8}"
             )
+        for r in rows:
+            if r["metrics_url"]:
+                print(f"metrics of {r['namespace']} shard {r['shard']}: {r['metrics_url']}")
     return rows
 
 

@@ -163,9 +163,16 @@ def graph_service_for_run(cfg: RunConfig, data, ray_address: str | None, multi_n
             )
         part = partition.ensure(data, g.shards, g.partitions)
         service.connect(None)
+        m = cfg.monitoring
         svc = service.start(
             part,
-            service.ServiceOptions(g.cpus_per_shard, g.max_restarts),
+            service.ServiceOptions(
+                g.cpus_per_shard,
+                g.max_restarts,
+                metrics_host=m.host if m.enabled else None,
+                metrics_port=m.shard_port,
+                job=cfg.job,
+            ),
             detached=False,
         )
         address = service.gcs_address()

@@ -139,6 +139,12 @@ class DeepSpeedStrategy:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (small, JSON-like), in rank order, on every rank."""
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()

@@ -69,14 +69,11 @@ def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float
 
 
 def process_memory() -> dict[str, int]:
-    """Resident and peak resident bytes of this process (and device bytes on a GPU)."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out["rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"] = (
-                    int(line.split()[1]) * 1024
-                )
+    """Resident and peak resident bytes of this process (and peak device bytes on a GPU)."""
+    from lorarec.monitoring.exporter import process_memory_bytes
+
+    mem = process_memory_bytes()
+    out = {"rss_bytes": mem["resident"], "peak_rss_bytes": mem["peak_resident"]}
     if torch.cuda.is_available():
         out["device_bytes"] = torch.cuda.max_memory_allocated()
     return out
@@ -95,17 +92,23 @@ class LoraRecipe:
 
     def setup(self) -> None:
         cfg, s = self.cfg, self.strategy
+        timer = _PhaseTimer()
         s.init_distributed()
+        timer("distributed")
+        self.metrics = self.start_exporter()
         torch.manual_seed(cfg.train.seed)
         task = cfg.data.prepared_task
         self.data = PreparedData.open(cfg.data.dir, task)
         model, self.tokenizer = s.load_backbone()
         self.param_bytes_backbone = s.parameter_bytes(model)
+        timer("backbone")
         model = self.attach_adapter(model)
         sasrec = None
         if cfg.train.adapter in SEQUENCE_ADAPTERS:
             sasrec = load_sasrec(cfg, self.data, create=False)
+        timer("adapter")
         self.client = connect_graph_service(cfg, self.data)
+        timer("graph service")
         self.conditioning = ConditioningBuilder(cfg, self.data, sasrec, client=self.client)
         self.builder = ExampleBuilder(
             self.tokenizer,
@@ -135,12 +138,17 @@ class LoraRecipe:
         self.engine = s.initialize(
             model, lambda step: lr_factor(step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
         )
+        timer("engine")
         self.param_bytes = s.parameter_bytes(self.engine.module)
         self.n_params, self.n_trainable = _count_params(self.engine.module)
         self.flops_per_token = 4 * (self.n_params - self.n_trainable) + 6 * self.n_trainable
         self.peak_flops = measure_matmul_peak(next(self.engine.module.parameters()).dtype, s.device)
+        timer("peak flops")
         self.global_step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.samples_seen = self.tokens_seen = 0
+        self.monitoring_seconds = self.checkpoint_seconds = 0.0
+        if self.metrics is not None:
+            self.metrics.total_steps.set(self.total_steps)
         if self.resume:
             tag = s.latest_checkpoint(self.ckpt_dir)
             if tag is None:
@@ -158,7 +166,9 @@ class LoraRecipe:
                 self.samples_seen, self.tokens_seen = state["samples_seen"], state["tokens_seen"]
                 if s.is_main:
                     log.info("resumed from %s (step %d)", tag, self.global_step)
+        timer("resume")
         if s.is_main:
+            log.info("setup phases: %s", timer.summary())
             self.metrics_path = self.run_dir / "metrics.jsonl"
             self.samples_path = self.run_dir / "samples.jsonl"
             _truncate_log(self.metrics_path, self.global_step)
@@ -171,6 +181,23 @@ class LoraRecipe:
                 f"{self.n_params:,}",
                 f"{self.n_trainable:,}",
             )
+
+    def start_exporter(self):
+        """This rank's Prometheus endpoint; rank 0 records every rank's for discovery."""
+        m = self.cfg.monitoring
+        if not m.enabled:
+            return None
+        from lorarec.monitoring.discovery import write_rank_endpoints
+        from lorarec.monitoring.exporter import Endpoint, TrainerMetrics, node_name
+
+        s = self.strategy
+        metrics = TrainerMetrics(self.cfg.job, s.rank, node_name(), self.cfg.train.adapter)
+        endpoint = metrics.serve(m.host, m.port + s.local_rank if m.port else 0)
+        endpoints = s.all_gather_object(endpoint.to_json())
+        if s.is_main:
+            write_rank_endpoints(self.run_dir, [Endpoint.from_json(e) for e in endpoints])
+            log.info("metrics: %s", ", ".join(Endpoint.from_json(e).url for e in endpoints))
+        return metrics
 
     def attach_adapter(self, model):
         return attach_adapter(model, self.cfg, self.data)
@@ -302,8 +329,9 @@ class LoraRecipe:
         self.samples_seen += step.num_samples
         self.tokens_seen += int(tokens_total)
         tokens_per_s = tokens_total / seconds
-        return {
+        record = {
             "step": self.global_step + 1,
+            "time": time.time(),
             "epoch": step.epoch,
             "loss": loss_total / step_answer_tokens,
             "lr": self.engine.get_lr()[0],
@@ -321,6 +349,11 @@ class LoraRecipe:
             "param_bytes_per_rank": self.param_bytes,
             **process_memory(),
         }
+        if self.metrics is not None:
+            start = time.perf_counter()
+            self.metrics.observe_step(record, tokens, sum(len(m) for m in step.mine))
+            self.monitoring_seconds += time.perf_counter() - start
+        return record
 
     # ------------------------------------------------------------- checkpoints
 
@@ -338,8 +371,12 @@ class LoraRecipe:
         if self.strategy.latest_checkpoint(self.ckpt_dir) == tag:
             return
         self.strategy.save_checkpoint(self.ckpt_dir, tag, state, self.cfg.train.keep_checkpoints)
+        seconds = time.perf_counter() - start
+        self.checkpoint_seconds += seconds
+        if self.metrics is not None:
+            self.metrics.checkpoint_seconds.observe(seconds)
         if self.strategy.is_main:
-            log.info("checkpoint %s (%.1f s)", tag, time.perf_counter() - start)
+            log.info("checkpoint %s (%.1f s)", tag, seconds)
 
     # ------------------------------------------------------------------ export
 
@@ -387,32 +424,84 @@ class LoraRecipe:
 
     def cleanup(self) -> None:
         s = self.strategy
+        # every rank's own figures, for the summary
+        mine = {
+            **process_memory(),
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "monitoring_seconds": self.monitoring_seconds,
+            "graph_retries": self.client.retried if self.client is not None else 0,
+        }
+        ranks = s.all_gather_object(mine)
         if s.is_main:
             from lorarec.core.io import write_json_atomic
 
             records = [
                 json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()
             ]
-            write_json_atomic(
-                self.run_dir / "train_summary.json",
-                {
-                    "steps": self.global_step,
-                    "samples": self.samples_seen,
-                    "tokens": self.tokens_seen,
-                    "world_size": s.world_size,
-                    "parameters": self.n_params,
-                    "trainable_parameters": self.n_trainable,
-                    "param_bytes_per_rank": self.param_bytes,
-                    "backbone_param_bytes_per_rank": self.param_bytes_backbone,
-                    "final_loss": records[-1]["loss"] if records else None,
-                    "mean_tokens_per_s": sum(r["tokens_per_s"] for r in records)
-                    / max(1, len(records)),
-                    "zero_stage": int(s.ds_config.get("zero_optimization", {}).get("stage", 0)),
-                    "peak_matmul_flops_per_rank": self.peak_flops,
-                },
-            )
+            write_json_atomic(self.run_dir / "train_summary.json", self.summary(records, ranks))
             plot_loss(records, self.run_dir / "loss.png")
+        if self.metrics is not None:
+            if s.is_main:
+                from lorarec.monitoring.discovery import clear_rank_endpoints
+
+                clear_rank_endpoints(self.run_dir)
+            self.metrics.close()
         s.shutdown()
+
+    def summary(self, records: list[dict], ranks: list[dict]) -> dict[str, Any]:
+        """Totals, mean throughput and final values of the run (``train_summary.json``)."""
+        s = self.strategy
+        step_seconds = sum(r["step_seconds"] for r in records)
+        last = records[-1] if records else {}
+        return {
+            "job": self.cfg.job,
+            "adapter": self.cfg.train.adapter,
+            "steps": self.global_step,
+            "samples": self.samples_seen,
+            "tokens": self.tokens_seen,
+            "world_size": s.world_size,
+            "parameters": self.n_params,
+            "trainable_parameters": self.n_trainable,
+            "param_bytes_per_rank": self.param_bytes,
+            "backbone_param_bytes_per_rank": self.param_bytes_backbone,
+            "final_loss": last.get("loss"),
+            "final_lr": last.get("lr"),
+            "final_grad_norm": last.get("grad_norm"),
+            "train_seconds": step_seconds,
+            # totals over step time: the run's throughput (logged steps, resumed runs included)
+            "tokens_per_s": sum(r["tokens"] for r in records) / step_seconds if records else None,
+            "samples_per_s": sum(r["samples"] for r in records) / step_seconds if records else None,
+            "mean_tokens_per_s": sum(r["tokens_per_s"] for r in records) / max(1, len(records)),
+            "data_wait_fraction": sum(r["data_wait_seconds"] for r in records) / step_seconds
+            if records
+            else None,
+            "mean_mfu": sum(r["mfu"] for r in records) / len(records) if records else None,
+            "checkpoint_seconds": max(r["checkpoint_seconds"] for r in ranks),
+            "peak_rss_bytes_per_rank": [r.get("peak_rss_bytes") for r in ranks],
+            "peak_device_bytes_per_rank": [r.get("device_bytes") for r in ranks]
+            if "device_bytes" in ranks[0]
+            else None,
+            "graph_retries": sum(r["graph_retries"] for r in ranks),
+            "monitoring_seconds": max(r["monitoring_seconds"] for r in ranks),
+            "zero_stage": int(s.ds_config.get("zero_optimization", {}).get("stage", 0)),
+            "peak_matmul_flops_per_rank": self.peak_flops,
+        }
+
+
+class _PhaseTimer:
+    """Seconds spent in each named part of a phase (``timer("name")`` ends that part)."""
+
+    def __init__(self):
+        self.parts: list[tuple[str, float]] = []
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.parts.append((name, now - self.last))
+        self.last = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {sec:.1f} s" for name, sec in self.parts)
 
 
 def _count_params(model) -> tuple[int, int]:
