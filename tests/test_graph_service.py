@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -227,6 +229,15 @@ def test_killed_shard_restarts_reloads_and_the_client_retries(data, ray_services
     assert client.retried >= 1
     assert client.stats()[1]["pid"] != pid
     assert service.restarts(ns)["shard-0001"] == 1
+    # the new process serves /metrics on a new endpoint, which reports the restart
+    endpoints = service.metrics_endpoints(ns)
+    assert [e.labels["shard"] for e in endpoints] == ["0", "1"]
+    assert endpoints[1].url == client.stats()[1]["metrics_url"]
+    text = urllib.request.urlopen(endpoints[1].url, timeout=10).read().decode()
+    assert re.search(r'^lorarec_graph_shard_restarts\{[^}]*shard="1"\} 1\.0$', text, re.M)
+    assert re.search(
+        r'^lorarec_graph_requests_total\{[^}]*kind="sample_hop"[^}]*\} [1-9]', text, re.M
+    )
 
 
 def test_prefetcher_keeps_order_and_raises_where_the_error_is():
