@@ -272,12 +272,6 @@ def test_monitor_refuses_bad_input_with_one_line(tmp_path):
 # ------------------------------------------------------------------ a real Prometheus
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str, proc=None):
     deadline = time.time() + timeout
     while True:
@@ -318,7 +312,7 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
     up; afterwards every query of every dashboard panel has data over the run, the tokens/s
     Prometheus computes agrees with the trainer's own log, and the job summary reached a real
     Pushgateway."""
-    from tests.test_trainer import LORAREC, train_cmd
+    from tests.test_trainer import LORAREC, free_port, train_cmd
 
     run = tmp_path / "run"
     gateway_port = free_port()
