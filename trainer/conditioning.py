@@ -22,13 +22,13 @@ and its histories equal to the samples').
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from lorarec.adapters.conditioning import Conditioning, GraphBatch
-from lorarec.adapters.graphlora.gnn import symmetric_weights
-from lorarec.graph_service.sampler import NeighborSampler
+if TYPE_CHECKING:  # the adapters (and PEFT) load in the ranks, not in `lorarec train`'s process
+    from lorarec.adapters.conditioning import Conditioning
 
 GRAPH_ADAPTERS = ("graphlora", "graphmoe")
 SEQUENCE_ADAPTERS = ("ilora", "reclora")
@@ -82,6 +82,8 @@ class ConditioningBuilder:
                 f"{data.root}: graphmoe gates by the user's node, and this data has no user ids"
             )
         if self.adapter in GRAPH_ADAPTERS:
+            from lorarec.graph_service.sampler import NeighborSampler
+
             self.sampler = client if client is not None else NeighborSampler(*data.graph())
             self.fanouts = list(cfg.train.graph.fanouts)
         if self.adapter in SEQUENCE_ADAPTERS:
@@ -108,6 +110,9 @@ class ConditioningBuilder:
         ``width`` the padded length (rows right-padded unless ``left_pad``)."""
         if not self.active:
             return None
+        from lorarec.adapters.conditioning import Conditioning, GraphBatch
+        from lorarec.adapters.graphlora.gnn import symmetric_weights
+
         cond = Conditioning()
         marks = [[mk for mk in m if mk[1] in self.kinds] for m in marks]
         offsets = [width - n if left_pad else 0 for n in lengths]

@@ -8,11 +8,13 @@ Read top to bottom, in the order the job runs:
 * ``train``: steps over the webdataset stream (each sample once per epoch across ranks), each
   micro-batch with its conditioning (sampled neighbourhood, SASRec states); loss
   on answer tokens normalised by the step's answer-token count over all ranks, so that the
-  loss does not depend on how the global batch is split; per-step JSONL log and progress bar;
+  loss does not depend on how the global batch is split; per-step JSONL log, Prometheus series
+  (``/metrics`` of this rank, ``monitoring.*``) and progress bar;
 * ``save_checkpoint``: every ``train.checkpoint_every`` steps and at the end, with the data
   position and RNG state;
 * ``export``: trainable parameters gathered on every rank, rank 0 writes the PEFT adapter;
-* ``cleanup``: loss plot, summary, process group down.
+* ``cleanup``: loss plot, ``train_summary.json`` (totals, throughput, final values, every
+  rank's peak memory), endpoint withdrawn, process group down.
 
 Config keys: ``train.*`` (loop, adapter), ``deepspeed.*`` (ZeRO config), ``model.*``, ``data.*``.
 """
