@@ -8,10 +8,11 @@ off/on for ``--pairs`` pairs. Reported:
 * each run's median step time over the steps after the first two, and each pair's on/off
   ratio (the target: at most 1.01; on this shared 2-core machine run-to-run noise is of the
   same order, so the direct estimate below is the sharper figure);
-* a direct estimate of the exporters' share of step time: the time the ranks spent updating
-  their metrics (``monitoring_seconds`` of ``train_summary.json``) plus the time their
-  endpoints took to answer the scrapes (Prometheus's ``scrape_duration_seconds`` of the rank
-  targets, summed over the run), over the ranks' step time.
+* a direct measure of the exporters' share of step time: on the busiest rank, the time spent
+  updating metrics in the training thread plus the CPU time its endpoint spent answering
+  scrapes (``lorarec_exporter_scrape_cpu_seconds_total``; both in ``train_summary.json``,
+  scrapes during set-up included), over its step time. Prometheus's mean scrape latency is
+  shown too: it is longer than the CPU time because the endpoint's thread waits for the GIL.
 
     python bench/monitoring.py            # SmolLM2-135M, 10 steps, 2 pairs
     python bench/monitoring.py --quick    # tiny backbone, 30 steps, 1 pair
@@ -94,31 +95,30 @@ def train(config: str, steps: int, run: Path, monitored: bool, overrides: list[s
             "median_step_seconds": statistics.median(steady),
             "mean_step_seconds": statistics.fmean(steady),
             "train_seconds": summary["train_seconds"],
-            "monitoring_update_seconds": summary["monitoring_seconds"],
         }
         if monitored:
-            span = records[-1]["time"] - records[0]["time"] + records[0]["step_seconds"]
             job = summary["job"]
             at = records[-1]["time"] + 1
-            window = f"{int(span) + 2}s"
-            scrape = instant(
+            window = f"{int(at - records[0]['time'] + records[0]['step_seconds']) + 60}s"
+            out["scrapes"] = int(
+                instant(
+                    prometheus,
+                    f'sum(count_over_time(scrape_duration_seconds{{job="{job}", rank!=""}}[{window}]))',
+                    at,
+                )
+            )
+            out["scrape_latency_seconds_mean"] = instant(
                 prometheus,
-                f'sum(sum_over_time(scrape_duration_seconds{{job="{job}", rank!=""}}[{window}]))',
+                f'avg(avg_over_time(scrape_duration_seconds{{job="{job}", rank!=""}}[{window}]))',
                 at,
             )
-            scrapes = instant(
-                prometheus,
-                f'sum(count_over_time(scrape_duration_seconds{{job="{job}", rank!=""}}[{window}]))',
-                at,
-            )
-            ranks = summary["world_size"]
-            out["scrapes"] = int(scrapes)
-            out["scrape_seconds"] = scrape
-            # the largest share a rank spends on monitoring: its metric updates (the slowest
-            # rank's, from the summary) plus its share of the scrape time, over its step time
+            out["metrics_update_seconds"] = summary["metrics_update_seconds"]
+            out["scrape_cpu_seconds"] = summary["metrics_scrape_cpu_seconds"]
+            # the exporters' own work on the busiest rank (metric updates in the training
+            # thread, CPU time answering scrapes, set-up included) over its step time
             out["direct_overhead_fraction"] = (
-                summary["monitoring_seconds"] + scrape / ranks
-            ) / summary["train_seconds"]
+                summary["monitoring_seconds"] / summary["train_seconds"]
+            )
         return out
     finally:
         if monitor is not None:
@@ -165,16 +165,17 @@ def main() -> None:
     }
     print()
     print(
-        "| pair | median step off (s) | median step on (s) | on/off | updates (s) | "
-        "scrapes | scrape time (s) | direct share |"
+        "| pair | median step off (s) | median step on (s) | on/off | metric updates (s) | "
+        "scrapes | scrape CPU (s) | scrape latency (ms) | direct share |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r, ratio in zip(rows, ratios):
         on, off = r["on"], r["off"]
         print(
             f"| {r['pair']} | {off['median_step_seconds']:.3f} | {on['median_step_seconds']:.3f} | "
-            f"{ratio:.4f} | {on['monitoring_update_seconds']:.4f} | {on['scrapes']} | "
-            f"{on['scrape_seconds']:.3f} | {on['direct_overhead_fraction']:.5f} |"
+            f"{ratio:.4f} | {on['metrics_update_seconds']:.4f} | {on['scrapes']} | "
+            f"{on['scrape_cpu_seconds']:.3f} | {1000 * on['scrape_latency_seconds_mean']:.1f} | "
+            f"{on['direct_overhead_fraction']:.5f} |"
         )
     for k, v in report["ratios"].items():
         print(f"{k}: {v:.5f} (target {report['targets'][k]})")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import resource
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,8 +30,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from lorarec.core.errors import UsageError
 
@@ -99,6 +102,7 @@ class Exporter:
         self.registry = CollectorRegistry()
         self.server = None
         self.endpoint: Endpoint | None = None
+        self.scrape_cpu_seconds = 0.0
         memory = self._family(
             Gauge,
             "lorarec_process_memory_bytes",
@@ -107,6 +111,11 @@ class Exporter:
         )
         for kind in ("resident", "peak_resident"):
             memory.labels(**self.labels, kind=kind).set_function(_memory_reader(kind))
+        self.scrape_cpu = self._metric(
+            Counter,
+            "lorarec_exporter_scrape_cpu_seconds",
+            "CPU time this process spent answering /metrics requests (the exporter's own cost)",
+        )
 
     def _family(self, cls, name: str, doc: str, extra: tuple[str, ...] = (), **kw):
         return cls(name, doc, labelnames=(*self.labels, *extra), registry=self.registry, **kw)
@@ -116,14 +125,28 @@ class Exporter:
         return self._family(cls, name, doc, **kw).labels(**self.labels)
 
     def serve(self, host: str, port: int) -> Endpoint:
-        """Start serving ``/metrics`` on ``host:port`` (0: a free port); the endpoint."""
+        """Start serving ``/metrics`` on ``host:port`` (0: a free port) in a daemon thread;
+        the endpoint."""
+        app = make_wsgi_app(self.registry)
+
+        def timed_app(environ, start_response):
+            start = time.thread_time()
+            try:
+                return app(environ, start_response)
+            finally:
+                spent = time.thread_time() - start
+                self.scrape_cpu.inc(spent)
+                self.scrape_cpu_seconds += spent
+
+        server_class = _IPv6Server if ":" in host else ThreadingWSGIServer
         try:
-            server, _ = start_http_server(port, addr=host, registry=self.registry)
+            server = make_server(host, port, timed_app, server_class, _QuietHandler)
         except OSError as exc:
             raise UsageError(
                 f"monitoring: cannot serve /metrics on {host}:{port} ({exc.strerror}); "
                 f"set monitoring.port/monitoring.host, or 0 for a free port"
             ) from None
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self.server = server
         self.endpoint = Endpoint(announced_host(host), server.server_port, self.labels)
         return self.endpoint
@@ -133,6 +156,15 @@ class Exporter:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class _IPv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # no access-log line per scrape on stderr
+        return
 
 
 def _memory_reader(kind: str) -> Callable[[], float]:

@@ -306,13 +306,26 @@ def promql_regex(value: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepared, tmp_path):
+def test_a_monitored_run_survives_a_killed_shard_and_every_panel_has_data(
+    ml100k_prepared, tmp_path
+):
     """`lorarec monitor` starts a real Prometheus (1 s scrapes); a 2-rank GraphLoRA run with the
-    graph service on real Ray actors announces its 4 endpoints; each passes promtool while
-    up; afterwards every query of every dashboard panel has data over the run, the tokens/s
-    Prometheus computes agrees with the trainer's own log, and the job summary reached a real
+    graph service on real Ray actors announces its 4 endpoints, each of which passes promtool
+    while up. One shard actor's process is SIGKILLed after step 2: Ray starts a replacement,
+    the ranks' clients retry, and the run ends with all 160 samples and the same losses as a
+    run with the in-process sampler (and monitoring off). Afterwards every query of every
+    dashboard panel has data over the run, the restart shows in it, the tokens/s Prometheus
+    computes agrees with the trainer's own log, and the job summary reached a real
     Pushgateway."""
-    from tests.test_trainer import LORAREC, free_port, train_cmd
+    from tests.test_graph_service import graph_shard_pids
+    from tests.test_trainer import LORAREC, free_port, losses, run_train, train_cmd
+
+    common = ["train.adapter=graphlora", "train.max_samples=160", "train.checkpoint_every=15"]
+    ref = tmp_path / "inprocess"
+    run_train(
+        ml100k_prepared, ref, *common, "graph_service.backend=inprocess", "monitoring.enabled=false"
+    )
+    assert not (ref / TARGETS_FILE).exists()  # monitoring off: no endpoints announced
 
     run = tmp_path / "run"
     gateway_port = free_port()
@@ -338,9 +351,7 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
                 train_cmd(
                     ml100k_prepared,
                     run,
-                    "train.adapter=graphlora",
-                    "train.max_samples=160",  # 40 steps of 4 samples
-                    "train.checkpoint_every=15",
+                    *common,
                     f"monitoring.pushgateway=http://127.0.0.1:{gateway_port}",
                 ),
                 stdout=log,
@@ -362,6 +373,23 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
             assert target.startswith("127.0.0.1:")  # loopback by default
             text = promtool_check_metrics(f"http://{target}/metrics")
             assert label_names(text) <= LABELS
+
+        metrics = run / "metrics.jsonl"
+        wait_for(
+            lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+            300,
+            "2 steps",
+            train,
+        )
+        before = graph_shard_pids(train.pid)
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        wait_for(
+            lambda: (now := graph_shard_pids(train.pid)) and len(now) == 2 and before[0] not in now,
+            300,
+            "a replacement shard",
+            train,
+        )
         assert train.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
         assert json.loads(targets.read_text()) == []  # listed only while they are up
     finally:
@@ -369,10 +397,17 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
             os.killpg(train.pid, signal.SIGKILL)
 
     try:
+        records = [json.loads(x) for x in metrics.read_text().splitlines()]
+        assert len(records) == 40 and sum(r["samples"] for r in records) == 160
+        assert records[-1]["graph_retries"] >= 1  # rank 0 met the restarting shard and retried
+        assert losses(run) == pytest.approx(losses(ref), abs=1e-6)
         summary = json.loads((run / "job_summary.json").read_text())
         job = summary["job"]
-        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        assert len(records) == 40
+        assert summary["training"]["samples"] == 160 and summary["exit_code"] == 0
+        shards = summary["graph_service"]["shards"]
+        assert sorted(s["restarts"] for s in shards) == [0, 1]
+        assert all(s["sampled_edges"] > 0 for s in shards)
+
         start, end = records[0]["time"] - 5, records[-1]["time"] + 2
         dash = json.loads(DASHBOARD.read_text())
         empty = []
@@ -388,8 +423,10 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
                 if not any(v == v and abs(v) != float("inf") for v in values):
                     empty.append(f"{panel['title']} {target['refId']}: {expr}")
         assert not empty, empty
+        (restarts,) = query(prometheus, "max(lorarec_graph_shard_restarts)", end - 2)
+        assert restarts == 1
 
-        # tokens/s over steps 6..36 as Prometheus computes it from the counters, against the
+        # tokens/s over steps 7..36 as Prometheus computes it from the counters, against the
         # trainer's log (tokens of those steps over the time they took)
         first, last = records[5], records[35]
         window_ms = int((last["time"] - first["time"]) * 1000)
@@ -410,9 +447,6 @@ def test_prometheus_scrapes_a_two_rank_run_and_every_panel_has_data(ml100k_prepa
             re.M,
         )
         assert tokens and float(tokens.group(1)) == summary["training"]["tokens"]
-        assert summary["training"]["steps"] == 40 and summary["exit_code"] == 0
-        shards = summary["graph_service"]["shards"]
-        assert len(shards) == 2 and all(s["sampled_edges"] > 0 for s in shards)
     finally:
         monitor.send_signal(signal.SIGTERM)
         assert monitor.wait(timeout=60) == 0
