@@ -2,7 +2,7 @@
 
 The same 2-rank GraphLoRA training (``lorarec train``, ZeRO-3, the graph service on Ray) runs
 with the exporters off (``monitoring.enabled=false``) and on, scraped every second by a real
-Prometheus (``lorarec monitor``, 12x more often than Prometheus's default 15 s), alternating
+Prometheus (``lorarec monitor``, 15x more often than Prometheus's default 15 s), alternating
 off/on for ``--pairs`` pairs. Reported:
 
 * each run's median step time over the steps after the first two, and each pair's on/off

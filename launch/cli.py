@@ -247,6 +247,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.launch import monitor as M
 
     main_node = opts.node_rank in (None, 0)
+    if args.hostfile and cfg.monitoring.enabled and cfg.monitoring.host.startswith("127."):
+        print(
+            f"lorarec: warning: monitoring.host={cfg.monitoring.host}: a Prometheus on one node "
+            "cannot scrape the other nodes' ranks; set monitoring.host=0.0.0.0 to serve them",
+            file=sys.stderr,
+        )
     targets = M.run_targets(cfg, run_dir, service) if main_node else None
     if targets is not None:
         print(
