@@ -250,23 +250,26 @@ def test_targets_writer_merges_ranks_and_shards_and_empties_at_the_end(tmp_path)
     assert read_targets(tmp_path) == []
 
 
-def test_monitor_refuses_bad_input_with_one_line(tmp_path):
+def test_monitor_refuses_bad_input_with_one_line(tmp_path, capsys):
     from lorarec.launch.cli import main
+    from lorarec.launch.monitor import monitor
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UsageError, match="not a run directory"):
-        from lorarec.launch.monitor import monitor
-
         monitor(str(a_file))
     with pytest.raises(UsageError, match="not installed"):
         monitor(str(tmp_path / "run"), prometheus=str(tmp_path / "no-prometheus"))
     with pytest.raises(UsageError, match="scrape-interval"):
         monitor(str(tmp_path / "run"), scrape_interval="often")
+    tool("prometheus")  # installed: the next refusal is for the port, not the binary
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         assert main(["monitor", str(tmp_path / "run"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"127.0.0.1:{port} is in use" in err[0]
+    assert not (tmp_path / "run").exists()  # refused before writing anything
 
 
 # ------------------------------------------------------------------ a real Prometheus
