@@ -9,11 +9,9 @@ so a client may repeat any of them after a restart.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +60,6 @@ class GraphShard:
         self.nbr_degree, self.node_features = a["nbr_degree"], a["features"]
         self.users, self.hist_indptr = a["users"], a["hist_indptr"]
         self.hist_items, self.hist_ts = a["hist_items"], a["hist_ts"]
-        self.requests: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.sampled_edges = 0
-        self.busy_seconds = 0.0
 
     # ------------------------------------------------------------------ requests
 
@@ -80,7 +74,7 @@ class GraphShard:
         """``(count, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
         exactly as the in-process sampler draws them for the same ``seed`` and ``hop``: the
         neighbours grouped by node in request order, ``count`` of them per node."""
-        with self._serving("sample_hop"):
+        with self.metrics.request("sample_hop"):
             nodes = _ids(nodes, "nodes")
             fanout = check_fanouts([fanout])[0]
             if isinstance(seed, np.ndarray):  # one seed per node: several batches at once
@@ -103,7 +97,6 @@ class GraphShard:
                 rows,
                 True,
             )
-            self.sampled_edges += len(nbr)
             self.metrics.sampled_edges.inc(len(nbr))
             node_deg = np.asarray(self.indptr[rows + 1] - self.indptr[rows], np.int64)
             count = node_deg if fanout < 0 else np.minimum(node_deg, fanout)
@@ -117,7 +110,7 @@ class GraphShard:
             )
 
     def features(self, nodes) -> np.ndarray:
-        with self._serving("features"):
+        with self.metrics.request("features"):
             rows = self._rows(self.nodes, _ids(nodes, "nodes"), "node")
             return np.asarray(self.node_features[rows], np.float32)
 
@@ -125,7 +118,7 @@ class GraphShard:
         """The last ``length`` items of each user's interactions before the one at
         ``(timestamp, target)`` (its sample), or before the end without ``timestamps``.
         Returns ``(lengths, items)``: the histories concatenated, oldest first."""
-        with self._serving("histories"):
+        with self.metrics.request("histories"):
             users = _ids(users, "users")
             if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
                 raise ValueError(f"length must be a non-negative integer, got {length!r}")
@@ -162,10 +155,7 @@ class GraphShard:
             "directed_entries": int(len(self.indices)),
             "mapped_bytes": mapped,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "requests": dict(self.requests),
-            "errors": dict(self.errors),
-            "sampled_edges": self.sampled_edges,
-            "busy_seconds": self.busy_seconds,
+            **self.metrics.totals(),  # requests, errors, sampled_edges, busy_seconds
             "metrics_url": None if self.endpoint is None else self.endpoint.url,
         }
 
@@ -183,19 +173,6 @@ class GraphShard:
             )
         return pos
 
-    @contextlib.contextmanager
-    def _serving(self, kind: str):
-        start = time.perf_counter()
-        self.requests[kind] += 1
-        try:
-            with self.metrics.request(kind):
-                yield
-        except Exception:
-            self.errors[kind] += 1
-            raise
-        finally:
-            self.busy_seconds += time.perf_counter() - start
-
 
 def _actor_restarts() -> int:
     """How often Ray has restarted the actor running this code (0 outside an actor), from
@@ -211,7 +188,9 @@ def _actor_restarts() -> int:
     actor_id = ray.get_runtime_context().get_actor_id()
     if actor_id is None:
         return 0
-    return int(ray._private.state.actors(actor_id=actor_id)["NumRestarts"])
+    from lorarec.graph_service.service import actor_restarts
+
+    return actor_restarts(actor_id)
 
 
 def actor_class():

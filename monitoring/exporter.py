@@ -102,7 +102,6 @@ class Exporter:
         self.registry = CollectorRegistry()
         self.server = None
         self.endpoint: Endpoint | None = None
-        self.scrape_cpu_seconds = 0.0
         memory = self._family(
             Gauge,
             "lorarec_process_memory_bytes",
@@ -115,6 +114,12 @@ class Exporter:
             Counter,
             "lorarec_exporter_scrape_cpu_seconds",
             "CPU time this process spent answering /metrics requests (the exporter's own cost)",
+        )
+
+    @property
+    def scrape_cpu_seconds(self) -> float:
+        return self.registry.get_sample_value(
+            "lorarec_exporter_scrape_cpu_seconds_total", self.labels
         )
 
     def _family(self, cls, name: str, doc: str, extra: tuple[str, ...] = (), **kw):
@@ -134,9 +139,7 @@ class Exporter:
             try:
                 return app(environ, start_response)
             finally:
-                spent = time.thread_time() - start
-                self.scrape_cpu.inc(spent)
-                self.scrape_cpu_seconds += spent
+                self.scrape_cpu.inc(time.thread_time() - start)
 
         server_class = _IPv6Server if ":" in host else ThreadingWSGIServer
         try:
@@ -292,6 +295,25 @@ class ShardMetrics(Exporter):
         self.mapped = self._metric(
             Gauge, "lorarec_graph_mapped_bytes", "Bytes of partition files this shard maps"
         )
+
+    def totals(self) -> dict:
+        """Requests and errors by kind (kinds with none left out), sampled edges and the
+        seconds spent answering, read back from the series."""
+        get = self.registry.get_sample_value
+
+        def by_kind(name: str) -> dict[str, int]:
+            values = {k: get(name, {**self.labels, "kind": k}) for k in REQUEST_KINDS}
+            return {k: int(v) for k, v in values.items() if v}
+
+        return {
+            "requests": by_kind("lorarec_graph_requests_total"),
+            "errors": by_kind("lorarec_graph_request_errors_total"),
+            "sampled_edges": int(get("lorarec_graph_sampled_edges_total", self.labels)),
+            "busy_seconds": sum(
+                get("lorarec_graph_request_duration_seconds_sum", {**self.labels, "kind": k})
+                for k in REQUEST_KINDS
+            ),
+        }
 
     @contextmanager
     def request(self, kind: str) -> Iterator[None]:
