@@ -275,6 +275,14 @@ class AdapterTuner(BaseTuner):
         incremental = past is not None and past.get_seq_length() > 0
         ctx.stack.append(cond)
         ctx.begin_forward(int(ids.shape[0]), int(ids.shape[1]), incremental)
+        if ctx.current() is not None:
+            # Derived state (graph network, gates) is computed here, before any decoder layer
+            # runs: under gradient checkpointing a layer's recomputation must save the same
+            # tensors as its forward did, so nothing the layers share may first be computed
+            # inside one of them.
+            for name in self.active_adapters:
+                if name in self.peft_config:
+                    ctx.state(name)
         return args, kwargs
 
     def _model_post_hook(self, module, args, output):

@@ -65,7 +65,9 @@ class DataConfig:
 
 @dataclass
 class TinyBackboneConfig:
-    """Shape of the tiny random Llama used by tests (``model.backbone: tiny-random``)."""
+    """Shape of the random Llama of ``model.backbone: tiny-random`` (byte-level vocabulary of
+    259 tokens, seeded weights): tiny for tests, or a large model's layer shape to exercise
+    that width without its weights (``configs/wide70b.yaml``)."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -79,7 +81,12 @@ class TinyBackboneConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "smollm2-135m"
-    """A fetched asset name, a local Hugging Face directory, a hub name, or ``tiny-random``."""
+    """A fetched asset name, a preset (``llama-3-70b``, ``llama-3-8b``, ``qwen2.5-72b``,
+    ``qwen2.5-7b``, ``smollm2-135m``: see ``configs/backbones/``), a local Hugging Face
+    directory, a hub name, or ``tiny-random``."""
+    weights: str | None = None
+    """For a preset: the local directory (or hub name) of its weights; null: the preset's hub
+    repository. The weights' architecture must be the preset's."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
 
@@ -193,6 +200,9 @@ class TrainConfig:
     """Train on a fixed seeded subset of this many training samples (Few2Many); null: all."""
     max_length: int = 1024
     """Longest tokenised prompt + answer; longer prompts lose their oldest history items."""
+    gradient_checkpointing: bool = False
+    """Keep only each decoder layer's input and recompute the layer in the backward pass (less
+    activation memory for about a third more compute); ``lorarec plan`` says when it is needed."""
     lr: float = 5e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -219,11 +229,31 @@ class DeepSpeedSection:
 
 
 @dataclass
+class SlurmConfig:
+    """``#SBATCH`` settings of the script ``lorarec train --emit-slurm`` writes."""
+
+    partition: str | None = None
+    time: str | None = None
+    """Wall-clock limit in Slurm's syntax (``2-00:00:00``, ``12:00:00``)."""
+    account: str | None = None
+    cpus_per_task: int | None = None
+    """CPUs per node for the launcher, its ranks, Ray and the graph shards (default: Slurm's)."""
+    ray_port: int = 6379
+    """Port of the Ray head (GCS) on the allocation's first node."""
+    extra: list[str] = field(default_factory=list)
+    """More ``#SBATCH`` options, one per item (``--constraint=h100``, ``--qos=high``)."""
+
+
+@dataclass
 class LaunchConfig:
+    nodes: int = 1
+    """Nodes of the run, for ``lorarec plan`` and ``lorarec train --emit-slurm`` (a launched
+    run takes its nodes from the hostfile)."""
     ranks_per_node: int = 2
     """Processes per node: GPUs on a GPU node; on a CPU machine, 2 by default."""
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     master_port: int = 29500
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
@@ -361,6 +391,24 @@ def check_adapter(cfg: RunConfig, origin: str) -> None:
     if g.cpus_per_shard < 0 or g.max_restarts < -1:
         raise ConfigError(
             f"{origin}: graph_service.cpus_per_shard must be >= 0 and max_restarts >= -1"
+        )
+
+    la = cfg.launch
+    if la.nodes < 1 or la.ranks_per_node < 1:
+        raise ConfigError(
+            f"{origin}: launch.nodes and launch.ranks_per_node must be at least 1, got "
+            f"{la.nodes} and {la.ranks_per_node}"
+        )
+    if not 1024 <= la.slurm.ray_port <= 65535:
+        raise ConfigError(
+            f"{origin}: launch.slurm.ray_port must be a port from 1024 to 65535, "
+            f"got {la.slurm.ray_port}"
+        )
+    bad = [e for e in la.slurm.extra if not e.startswith("--") or "\n" in e]
+    if bad:
+        raise ConfigError(
+            f"{origin}: launch.slurm.extra items must be single sbatch options starting with "
+            f"'--', got {bad[0]!r}"
         )
 
     m = cfg.monitoring

@@ -1,6 +1,6 @@
 """``lorarec``: the command line.
 
-Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``train``,
+Verbs: ``fetch``, ``data prepare``, ``data import-llara``, ``eval``, ``train``, ``plan``,
 ``graph serve|status|stop``, ``monitor``, ``config show``.
 User errors print one line (``lorarec: error: ...``) and exit with code 2; ``--debug`` shows
 the traceback.
@@ -179,6 +179,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.core.io import write_json_atomic, write_text_atomic
     from lorarec.launch import train as T
 
+    if args.emit_slurm:
+        placement = {
+            "--hostfile": args.hostfile,
+            "--include": args.include,
+            "--exclude": args.exclude,
+            "--launcher": args.launcher,
+            "--num-nodes": args.num_nodes,
+            "--no-ssh": args.no_ssh,
+            "--node-rank": args.node_rank is not None,
+            "--master-addr": args.master_addr,
+            "--ray-address": args.ray_address,
+            "--dry-run": args.dry_run,
+        }
+        given = [flag for flag, value in placement.items() if value]
+        if given:
+            raise UsageError(
+                f"--emit-slurm writes a script that makes its own hostfile, Ray cluster and one "
+                f"launcher per node: leave out {', '.join(given)}"
+            )
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
@@ -203,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.distributed import build_ds_config
 
     data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
-    resolve_backbone(cfg.model.backbone, cfg.model.tiny)  # also materialises tiny-random
+    resolve_backbone(cfg.model)  # also materialises tiny-random
     build_ds_config(cfg, 1)
     if not args.resume and (cfg.run_dir / "checkpoints" / "latest").is_file():
         raise UsageError(
@@ -216,11 +235,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         tag = DeepSpeedStrategy.latest_checkpoint(ckpt)
         if tag is not None:
             written = json.loads((ckpt / tag / "trainer_state.json").read_text()).get("world_size")
-            if written != cfg.launch.ranks_per_node:
+            ranks, keys = cfg.launch.ranks_per_node, "launch.ranks_per_node"
+            if args.emit_slurm:
+                ranks, keys = ranks * cfg.launch.nodes, "launch.nodes x launch.ranks_per_node"
+            if written != ranks:
                 raise UsageError(
                     f"--resume: {ckpt / tag} was written by {written} ranks, this run would start "
-                    f"{cfg.launch.ranks_per_node} (launch.ranks_per_node); resume with the same number"
+                    f"{ranks} ({keys}); resume with the same number"
                 )
+    if args.emit_slurm:
+        from lorarec.launch.slurm import emit_slurm
+
+        emit_slurm(cfg, args.emit_slurm, data, args.overrides, master_port=args.master_port)
+        unit = "CPU ranks" if cfg.launch.accelerator == "cpu" else "GPUs"
+        print(
+            f"wrote {args.emit_slurm}: sbatch {args.emit_slurm} "
+            f"({cfg.launch.nodes} nodes x {cfg.launch.ranks_per_node} {unit})"
+        )
+        return 0
     if args.dry_run:
         env = T.rank_environment(cfg)
         print(
@@ -331,6 +363,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return monitor(args.run_dir, args.port, args.scrape_interval, args.prometheus)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from lorarec.launch.plan import main
+
+    return main(args)
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from lorarec.core.config import dump_config, load_config
 
@@ -426,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster whose graph service the ranks use (started with `lorarec graph serve`); "
         "by default lorarec starts a local Ray and the service itself",
     )
+    t.add_argument(
+        "--emit-slurm",
+        metavar="FILE",
+        help="write an sbatch script that runs this config on launch.nodes nodes (hostfile, Ray "
+        "and the graph service, one launcher per node) and exit; starts nothing",
+    )
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("graph", help="the Ray graph service").add_subparsers(
@@ -466,6 +510,35 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--scrape-interval", default="5s", help="e.g. 1s, 5s, 1m (default 5s)")
     mo.add_argument("--prometheus", help="the prometheus binary (default: found on PATH)")
     mo.set_defaults(func=cmd_monitor)
+
+    pl = sub.add_parser(
+        "plan",
+        help="memory per GPU and node of a backbone + adapter under ZeRO-3; a DeepSpeed config",
+    )
+    pl.add_argument(
+        "--backbone",
+        help="a preset (llama-3-70b, llama-3-8b, qwen2.5-72b, qwen2.5-7b, smollm2-135m), "
+        "tiny-random, a config.json or a model directory (default: the config's)",
+    )
+    pl.add_argument("--config", help="a run config for everything else (adapter settings, ...)")
+    pl.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the config")
+    pl.add_argument("--nodes", type=int, help="default: launch.nodes")
+    pl.add_argument("--gpus-per-node", type=int, help="default: launch.ranks_per_node")
+    pl.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
+    pl.add_argument("--cpu-mem", type=float, help="host GiB per node (checked when given)")
+    pl.add_argument("--adapter", choices=["lora", "graphlora", "reclora", "ilora", "graphmoe"])
+    pl.add_argument("--rank", type=int, help="default: train.lora.rank")
+    pl.add_argument("--seq-len", type=int, help="tokens per sample (default: train.max_length)")
+    pl.add_argument("--micro-batch", type=int, help="default: train.micro_batch_size")
+    pl.add_argument("--grad-checkpointing", action="store_true")
+    pl.add_argument("--offload", choices=["none", "optimizer", "params", "nvme"], default="none")
+    pl.add_argument("--reserve", type=float, default=2.0, help="GiB per GPU kept free (default 2)")
+    pl.add_argument("--data", help="a prepared data directory (graph and catalogue sizes)")
+    pl.add_argument("--graph-nodes", type=int, help="users + items of the graph")
+    pl.add_argument("--items", type=int, help="items of the catalogue (SASRec)")
+    pl.add_argument("--write", metavar="DIR", help="write ds_config.json and plan.json here")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("config", help="inspect run configs").add_subparsers(
         dest="config_verb", required=True, metavar="VERB"

@@ -94,6 +94,17 @@ def process_memory_bytes() -> dict[str, int]:
     return out
 
 
+def reset_peak_resident() -> bool:
+    """Start this process's peak resident size (``VmHWM``) again from its current size, so that
+    a later peak measures one phase; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
 class Exporter:
     """A registry of metrics that all carry this process's ``labels``, served on request."""
 

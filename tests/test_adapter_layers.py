@@ -213,6 +213,40 @@ def test_a_sample_does_not_depend_on_the_rest_of_its_batch(backbone, ids, name, 
     "name,kw",
     [
         ("graphlora", {}),
+        ("reclora", {"mixing": "weights"}),
+        ("ilora", {"hybrid_prompt": True}),
+        ("graphmoe", {}),
+    ],
+)
+def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(backbone, ids, name, kw):
+    """``train.gradient_checkpointing``: the recomputed layers read the forward's conditioning
+    state, so every gradient equals the one without checkpointing."""
+    cond = make_conditioning()
+    grads, calls = [], []
+    for ckpt in (False, True):
+        bb = copy.deepcopy(backbone)
+        if ckpt:
+            bb.activation_checkpointing_enable({"use_reentrant": False})
+        model = adapt(bb, config(name, init_weights=False, **kw)).train()
+        count = [0]
+        layer = model.base_model.model.model.layers[0].mlp
+        # a pre-hook: the recomputation stops once it has what the backward needs, before the
+        # module returns, so a forward hook would not see it
+        layer.register_forward_pre_hook(lambda *a, count=count: count.__setitem__(0, count[0] + 1))
+        model(input_ids=ids, labels=ids, conditioning=cond).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        calls.append(count[0])
+    assert calls == [1, 2]  # the checkpointed layer ran again in the backward pass
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        assert g is not None and g.abs().sum() > 0, n
+        torch.testing.assert_close(grads[1][n], g, **TOL)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("graphlora", {}),
         ("graphlora", {"gnn": "ngcf"}),
         ("reclora", {}),
         ("ilora", {"hybrid_prompt": True}),

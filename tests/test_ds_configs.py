@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lorarec.core.config import load_config
@@ -19,20 +21,56 @@ def test_all_variants_are_shipped():
         "zero2_bf16",
         "zero3_bf16",
         "zero3_offload_bf16",
+        "zero3_bf16_cluster",
     } <= set(SHIPPED)
+
+
+def test_the_cluster_config_is_the_one_lorarec_plan_recommends():
+    import json
+
+    from lorarec.launch.plan import Workload, ds_config_for
+
+    shipped = json.loads((DS_CONFIG_DIR / "zero3_bf16_cluster.json").read_text())
+    assert shipped == ds_config_for(Workload("ilora", 16, 1024, 1, True, offload="none"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_deepspeed_parses_shipped_config(name):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    dtype = "bfloat16" if name.endswith("_bf16") else "float32"
+    bf16 = "_bf16" in name
+    dtype = "bfloat16" if bf16 else "float32"
     cfg = load_config("configs/tiny.yaml", [f"deepspeed.config={name}", f"model.dtype={dtype}"])
     ds = build_ds_config(cfg, world_size=1)
     parsed = DeepSpeedConfig(ds)
     assert parsed.zero_optimization_stage == int(name[4])
-    assert parsed.bfloat16_config.enabled == name.endswith("_bf16")
+    assert parsed.bfloat16_config.enabled == bf16
     assert parsed.train_micro_batch_size_per_gpu == cfg.train.micro_batch_size
+
+
+RUN_CONFIGS = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS)
+def test_every_run_config_loads_and_its_deepspeed_config_parses(path):
+    """Run configs (the demo, the tests', the cluster ones) as DeepSpeed would see them on
+    their cluster: world size nodes x ranks per node."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = load_config(path)
+    world = cfg.launch.nodes * cfg.launch.ranks_per_node
+    ds = build_ds_config(cfg, world_size=world)
+    parsed = DeepSpeedConfig(ds)
+    assert parsed.train_batch_size == (
+        cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps * world
+    )
+    if path.startswith("configs/cluster/"):
+        z = parsed.zero_config
+        assert parsed.zero_optimization_stage == 3 and parsed.bfloat16_config.enabled
+        assert z.gather_16bit_weights_on_model_save and cfg.train.gradient_checkpointing
+        assert "lorarec.adapters.ilora.layer.Gate" in z.leaf_module.classes
+        assert "lorarec.adapters.reclora.layer.Router" in z.leaf_module.classes
+        assert ds["data_types"]["grad_accum_dtype"] == "fp32"
 
 
 def test_overrides_reach_deepspeed_and_typos_are_rejected():

@@ -30,11 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_cmd(data_dir, run_dir, *overrides, extra=()):
+def train_cmd(data_dir, run_dir, *overrides, extra=(), config=ROOT / "configs/tiny.yaml"):
     return [
         LORAREC,
         "train",
-        str(ROOT / "configs/tiny.yaml"),
+        str(config),
         f"data.dir={data_dir}",
         "--out",
         str(run_dir),
@@ -45,9 +45,11 @@ def train_cmd(data_dir, run_dir, *overrides, extra=()):
     ]
 
 
-def run_train(data_dir, run_dir, *overrides, extra=(), timeout=600):
+def run_train(data_dir, run_dir, *overrides, extra=(), timeout=600, config=None):
     proc = subprocess.run(
-        train_cmd(data_dir, run_dir, *overrides, extra=extra),
+        train_cmd(
+            data_dir, run_dir, *overrides, extra=extra, config=config or ROOT / "configs/tiny.yaml"
+        ),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,7 +12,7 @@ import torch
 
 from lorarec.core.assets import ASSETS, asset_path
 from lorarec.core.config import ModelConfig, TinyBackboneConfig
-from lorarec.core.errors import AssetError
+from lorarec.core.errors import AssetError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ def tiny_config(tiny: TinyBackboneConfig, vocab_size: int):
     )
 
 
-def tiny_backbone_dir(tiny: TinyBackboneConfig) -> Path:
-    """The tiny random backbone, materialised once per shape and seed in the cache as a
+def tiny_backbone_dir(tiny: TinyBackboneConfig, dtype: str = "float32") -> Path:
+    """The random backbone, materialised once per shape, seed and dtype in the cache as a
     Hugging Face directory (safetensors + tokenizer), so that every process that loads it (ranks
-    under any ZeRO stage, evaluation, tests) gets the same weights the same way."""
+    under any ZeRO stage, evaluation, tests) gets the same weights the same way. Weights are
+    stored in ``dtype``, so a wide model in bfloat16 takes half the disk and load of float32."""
     import dataclasses
     import hashlib
     import json
@@ -66,9 +67,10 @@ def tiny_backbone_dir(tiny: TinyBackboneConfig) -> Path:
     from lorarec.core.assets import lorarec_home
     from lorarec.core.io import atomic_path
 
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(tiny), sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
+    shape = dataclasses.asdict(tiny)
+    if dtype != "float32":  # float32 directories keep their earlier key
+        shape["dtype"] = dtype
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
     path = lorarec_home() / "tiny" / key
     if (path / "config.json").is_file():
         return path
@@ -78,7 +80,7 @@ def tiny_backbone_dir(tiny: TinyBackboneConfig) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(tiny.seed)
         model = AutoModelForCausalLM.from_config(
-            tiny_config(tiny, len(tokenizer)), dtype=torch.float32
+            tiny_config(tiny, len(tokenizer)), dtype=DTYPES[dtype]
         )
     with atomic_path(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -86,15 +88,37 @@ def tiny_backbone_dir(tiny: TinyBackboneConfig) -> Path:
     return path
 
 
-def resolve_backbone(spec: str, tiny: TinyBackboneConfig | None = None) -> Path | str:
+def resolve_backbone(model_cfg: ModelConfig) -> Path | str:
     """A directory to load from, or a hub name (returned unchanged). ``tiny-random`` resolves
-    to its materialised directory (created on first use)."""
+    to its materialised directory (created on first use); a preset to ``model.weights`` (checked
+    against the preset's architecture) or the preset's hub repository."""
+    from lorarec.core.presets import PRESETS, check_weights
+
+    spec = model_cfg.backbone
     if spec == TINY:
-        return tiny_backbone_dir(tiny or TinyBackboneConfig())
-    if spec in ASSETS:
+        return tiny_backbone_dir(model_cfg.tiny, model_cfg.dtype)
+    if model_cfg.weights is not None and spec not in PRESETS:
+        raise ConfigError(
+            f"model.weights is for presets ({', '.join(PRESETS)}); model.backbone={spec!r} "
+            "names its weights itself"
+        )
+    if spec in PRESETS and model_cfg.weights is not None:
+        source = _local_or_hub(model_cfg.weights)
+        if isinstance(source, Path):
+            import json
+
+            check_weights(spec, source, json.loads((source / "config.json").read_text()))
+        return source
+    if spec in ASSETS:  # smollm2-135m: the fetched asset unless model.weights says otherwise
         if ASSETS[spec].kind != "backbone":
             raise AssetError(f"asset {spec!r} is a {ASSETS[spec].kind}, not a backbone")
         return asset_path(spec)
+    if spec in PRESETS:
+        return PRESETS[spec].hub
+    return _local_or_hub(spec)
+
+
+def _local_or_hub(spec: str) -> Path | str:
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -106,7 +130,7 @@ def resolve_backbone(spec: str, tiny: TinyBackboneConfig | None = None) -> Path 
 
 
 def load_tokenizer(model_cfg: ModelConfig):
-    source = resolve_backbone(model_cfg.backbone, model_cfg.tiny)
+    source = resolve_backbone(model_cfg)
     from transformers import AutoTokenizer
 
     try:
@@ -126,7 +150,7 @@ def load_backbone(model_cfg: ModelConfig, **kwargs: Any):
 
     dtype = DTYPES[model_cfg.dtype]
     tokenizer = load_tokenizer(model_cfg)
-    source = resolve_backbone(model_cfg.backbone, model_cfg.tiny)
+    source = resolve_backbone(model_cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as exc:

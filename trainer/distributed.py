@@ -175,7 +175,7 @@ class DeepSpeedStrategy:
 
         m = self.cfg.model
         tokenizer = load_tokenizer(m)
-        source = resolve_backbone(m.backbone, m.tiny)
+        source = resolve_backbone(m)
         if zero_stage(self.ds_config) == 3:
             # Kept alive: while it exists, transformers creates the model partitioned across
             # ranks (deepspeed.zero.Init) and loads each tensor straight into its partitions.
@@ -220,6 +220,13 @@ class DeepSpeedStrategy:
                 yield
         else:
             yield
+
+    def release_parameters(self) -> None:
+        """Under ZeRO-3: wait for parameters still being fetched (prefetched for a forward that
+        did not come, e.g. after an evaluation forward) and partition every gathered one again,
+        so that a following :meth:`gathered` starts from partitioned parameters."""
+        if zero_stage(self.ds_config) == 3:
+            self.engine.empty_partition_cache()
 
     # -------------------------------------------------------------- checkpoints
 

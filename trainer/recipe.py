@@ -101,8 +101,14 @@ class LoraRecipe:
         torch.manual_seed(cfg.train.seed)
         task = cfg.data.prepared_task
         self.data = PreparedData.open(cfg.data.dir, task)
+        self.memory = {"rss_before_model_bytes": process_memory()["rss_bytes"]}
         model, self.tokenizer = s.load_backbone()
         self.param_bytes_backbone = s.parameter_bytes(model)
+        if cfg.train.gradient_checkpointing:
+            # non-reentrant: the recomputation runs under ZeRO-3's gather hooks and needs no
+            # input that requires grad; the adapters re-read the forward's conditioning state
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            model.config.use_cache = False
         timer("backbone")
         model = self.attach_adapter(model)
         sasrec = None
@@ -169,6 +175,7 @@ class LoraRecipe:
                 if s.is_main:
                     log.info("resumed from %s (step %d)", tag, self.global_step)
         timer("resume")
+        self.memory.update(self.start_memory_phase("setup"))
         if s.is_main:
             log.info("setup phases: %s", timer.summary())
             self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -183,6 +190,22 @@ class LoraRecipe:
                 f"{self.n_params:,}",
                 f"{self.n_trainable:,}",
             )
+
+    @staticmethod
+    def start_memory_phase(ended: str) -> dict[str, Any]:
+        """The peak memory of the phase that ``ended``; the next peak measures what follows
+        (training: the partitioned model, gathered layers, activations, export)."""
+        from lorarec.monitoring.exporter import reset_peak_resident
+
+        mem = process_memory()
+        out: dict[str, Any] = {f"peak_rss_{ended}_bytes": mem["peak_rss_bytes"]}
+        if "device_bytes" in mem:
+            out[f"peak_device_{ended}_bytes"] = mem["device_bytes"]
+            torch.cuda.reset_peak_memory_stats()
+        out["peak_reset"] = reset_peak_resident()
+        if not out["peak_reset"]:
+            log.warning("cannot reset the peak resident size: training peaks include set-up")
+        return out
 
     def start_exporter(self):
         """This rank's Prometheus endpoint; rank 0 records every rank's for discovery."""
@@ -401,6 +424,7 @@ class LoraRecipe:
                 attention_mask=probe["attention_mask"].to(s.device),
                 **extra,
             ).logits
+        s.release_parameters()
         trainable = [p for p in module.parameters() if p.requires_grad]
         with s.gathered(trainable):
             if s.is_main:
@@ -429,6 +453,7 @@ class LoraRecipe:
         # every rank's own figures, for the summary
         mine = {
             **process_memory(),
+            **getattr(self, "memory", {}),
             "checkpoint_seconds": self.checkpoint_seconds,
             "metrics_update_seconds": self.monitoring_seconds,
             "metrics_scrape_cpu_seconds": self.metrics.scrape_cpu_seconds
@@ -483,6 +508,23 @@ class LoraRecipe:
             "mean_mfu": sum(r["mfu"] for r in records) / len(records) if records else None,
             "checkpoint_seconds": max(r["checkpoint_seconds"] for r in ranks),
             "peak_rss_bytes_per_rank": [r.get("peak_rss_bytes") for r in ranks],
+            # per rank: resident bytes before the model loads, and the peaks of set-up (loading,
+            # engine) and of training (from the end of set-up; lifetime if peak_reset is false)
+            "memory_per_rank": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "rss_before_model_bytes",
+                        "peak_rss_setup_bytes",
+                        "peak_device_setup_bytes",
+                        "peak_reset",
+                    )
+                    if k in r
+                }
+                | {"peak_rss_train_bytes": r.get("peak_rss_bytes")}
+                | ({"peak_device_train_bytes": r["device_bytes"]} if "device_bytes" in r else {})
+                for r in ranks
+            ],
             "peak_device_bytes_per_rank": [r.get("device_bytes") for r in ranks]
             if "device_bytes" in ranks[0]
             else None,

@@ -1,0 +1,188 @@
+"""``lorarec plan``: exact parameter counts from the meta device, DeepSpeed's own estimate of
+ZeRO-3 model states, the recommended DeepSpeed config, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorarec.core.config import load_config
+from lorarec.launch import plan as P
+from lorarec.launch.cli import main
+
+
+def run_cli(args, capsys):
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_llama_3_70b_on_two_nodes_fits_with_the_exact_parameter_count(capsys, tmp_path):
+    rc, out, err = run_cli(
+        [
+            "plan",
+            "--backbone",
+            "llama-3-70b",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "8",
+            "--gpu-mem",
+            "80",
+            "--adapter",
+            "graphlora",
+            "--rank",
+            "16",
+            "--seq-len",
+            "1024",
+            "--micro-batch",
+            "1",
+            "--grad-checkpointing",
+            "--write",
+            str(tmp_path / "plan"),
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "backbone parameters  70,553,706,496" in out
+    assert "fits: yes" in out
+    assert "launch: lorarec train" in out and "--emit-slurm" in out
+    # the graph network and the q/v banks of 80 layers at rank 16 are counted
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    parts = plan["counts"]["adapter_parts"]
+    assert parts["low-rank banks"] == 80 * 16 * (8192 + 8192 + 8192 + 1024)
+    assert parts["graph network + node embeddings"] > (943 + 1682) * 64
+    ds = json.loads((tmp_path / "plan" / "ds_config.json").read_text())
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    parsed = DeepSpeedConfig(ds)
+    assert parsed.zero_optimization_stage == 3 and parsed.bfloat16_config.enabled
+    assert parsed.zero_config.gather_16bit_weights_on_model_save
+
+
+@pytest.mark.parametrize(
+    "backbone, params",
+    [
+        ("llama-3-8b", 8_030_261_248),
+        ("qwen2.5-72b", 72_706_203_648),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("smollm2-135m", 134_515_008),
+    ],
+)
+def test_presets_have_the_published_parameter_counts(backbone, params):
+    counts = P.count(load_config(None), backbone, 2625, 1682, full=True)
+    assert counts.base == params
+
+
+def _deepspeed_counts(backbone):
+    """DeepSpeed's definitions on the meta model: parameters once each, and the most any
+    module holds itself (``model_to_params``; its data_ptr de-duplication cannot see meta
+    tensors, so shared parameters are de-duplicated by identity here)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from lorarec.core.presets import architecture
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(architecture(backbone))
+    model.tie_weights()
+    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return total, largest
+
+
+@pytest.mark.parametrize("backbone", ["llama-3-70b", "llama-3-8b", "smollm2-135m"])
+def test_full_fine_tune_model_states_match_deepspeeds_estimator(backbone):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    total, largest = _deepspeed_counts(backbone)
+    counts = P.count(load_config(None), backbone, 2625, 1682, full=True)
+    assert (counts.base, counts.largest_layer) == (total, largest)
+    for nodes, gpus in ((1, 1), (1, 8), (2, 8)):
+        for offload in ("none", "optimizer", "params"):
+            cluster = P.Cluster(nodes, gpus, 80.0)
+            work = P.Workload("lora", 8, 1024, 1, True, offload=offload, full=True)
+            plan = P.plan(counts, cluster, work)
+            # additional_buffer_factor=1: the states themselves, without DeepSpeed's margin
+            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+                total,
+                largest,
+                num_gpus_per_node=gpus,
+                num_nodes=nodes,
+                cpu_offload=offload != "none",
+                cpu_offload_params=offload == "params",
+                zero_init=True,
+                additional_buffer_factor=1.0,
+            )
+            where = f"{backbone} {nodes}x{gpus} offload={offload}"
+            assert plan.model_states_gpu() == pytest.approx(gpu, rel=0.05), where
+            offloaded = sum(v for k, v in plan.host.items() if "offloaded" in k)
+            if offload == "none":
+                assert plan.host["model loading (largest layer, fp32)"] == pytest.approx(cpu)
+            else:
+                assert offloaded == pytest.approx(cpu, rel=0.05), where
+
+
+@pytest.mark.parametrize("adapter", ["lora", "graphlora", "ilora", "reclora", "graphmoe"])
+def test_meta_device_counts_equal_a_materialised_peft_model(adapter):
+    """The plan's adapter count is the number of trainable parameters training would have."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorarec.trainer.adapter import peft_config
+    from lorarec.trainer.backbone import byte_level_tokenizer, tiny_config
+
+    cfg = load_config("configs/tiny.yaml", [f"train.adapter={adapter}", "train.lora.rank=8"])
+    counts = P.count(cfg, "tiny-random", 300, 120)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        tiny_config(cfg.model.tiny, len(byte_level_tokenizer()))
+    )
+    assert counts.base == sum(p.numel() for p in model.parameters())
+    peft = get_peft_model(model, peft_config(cfg, SimpleNamespace(num_users=0, num_items=300)))
+    assert counts.adapter == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert counts.adapter > 0 and sum(counts.adapter_parts.values()) == counts.adapter
+    if adapter in ("ilora", "reclora"):
+        assert counts.encoders > 120 * cfg.sasrec.hidden_size  # SASRec's item table at least
+
+
+def test_checkpointing_and_offload_are_recommended_when_needed(capsys):
+    # Llama-3-8B on one 24 GiB GPU with long sequences: the full activations do not fit
+    rc, out, _ = run_cli(
+        ["plan", "--backbone", "llama-3-8b", "--nodes", "1", "--gpus-per-node", "1"]
+        + ["--gpu-mem", "24", "--adapter", "lora", "--seq-len", "4096", "--micro-batch", "2"],
+        capsys,
+    )
+    assert rc == 0
+    assert "fits: no" in out
+    assert "recommended: gradient checkpointing on, offload" in out
+    counts = P.count(load_config(None), "llama-3-8b", 2625, 1682)
+    work = P.Workload("lora", 8, 4096, 2, False)
+    small = P.plan(counts, P.Cluster(1, 1, 24.0), work)
+    ckpt = P.plan(counts, P.Cluster(1, 1, 24.0), P._with(work, grad_checkpointing=True))
+    assert ckpt.gpu["activations"] < small.gpu["activations"] / 5
+    # offloading parameters leaves no partitioned weights on the GPU
+    off = P.plan(counts, P.Cluster(1, 1, 24.0), P._with(work, offload="params"))
+    assert off.gpu["base weights"] == 0
+    assert off.host["weights (offloaded)"] == 2 * (counts.base + counts.adapter)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "llama-4-9000b"], "--backbone llama-4-9000b: not a preset"),
+        (["--backbone", "llama-3-8b", "--nodes", "0"], "--nodes must be at least 1"),
+        (["--backbone", "llama-3-8b", "--gpu-mem", "-1"], "--gpu-mem must be a positive"),
+        (["--backbone", "llama-3-8b", "train.lora.rnak=4"], "did you mean 'train.lora.rank'"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(args, message, capsys, tmp_path):
+    rc, out, err = run_cli(["plan", *args, "--write", str(tmp_path / "w")], capsys)
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
