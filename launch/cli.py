@@ -532,7 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--micro-batch", type=int, help="default: train.micro_batch_size")
     pl.add_argument("--grad-checkpointing", action="store_true")
     pl.add_argument("--offload", choices=["none", "optimizer", "params", "nvme"], default="none")
-    pl.add_argument("--reserve", type=float, default=2.0, help="GiB per GPU kept free (default 2)")
+    pl.add_argument(
+        "--reserve",
+        type=float,
+        help="GiB per GPU kept free for the CUDA context, NCCL and the allocator (default 2; "
+        "0 with --device cpu)",
+    )
+    pl.add_argument(
+        "--device",
+        choices=["gpu", "cpu"],
+        default="gpu",
+        help="gpu (nccl), or cpu: CPU ranks with gloo (memory per rank; as lorarec runs here)",
+    )
     pl.add_argument("--data", help="a prepared data directory (graph and catalogue sizes)")
     pl.add_argument("--graph-nodes", type=int, help="users + items of the graph")
     pl.add_argument("--items", type=int, help="items of the catalogue (SASRec)")

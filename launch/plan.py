@@ -20,6 +20,8 @@ trainable adapter parameters, ``L`` the most parameters one module holds itself)
   pass, so the live set is ``2 min(max_live, P + A)`` bytes;
 * communication buffers: the next module being fetched (at least the prefetch bucket, at most
   the largest layer) and the gradient reduce bucket;
+* on CPU ranks (``--device cpu``, gloo), gloo's all-gather stages a copy of the module being
+  gathered: ``2 L`` more;
 * frozen encoders held whole by every rank (iLoRA's and RecLoRA's SASRec, fp32);
 * activations of a micro-batch of ``T = B x seq_len`` tokens, per decoder layer and token
   ``16 h + 4 h_kv + 6 i`` bytes (fp32 RMSNorm inputs, normed inputs, rotated q/k, v, attention
@@ -59,7 +61,6 @@ OFFLOADS = ("none", "optimizer", "params", "nvme")
 # items), used when neither --data nor --graph-nodes/--items says otherwise.
 DEFAULT_USERS, DEFAULT_ITEMS = 943, 1682
 NVME_PATH = "/local_nvme"
-LEAF_MODULES = ("lorarec.adapters.ilora.layer.Gate", "lorarec.adapters.reclora.layer.Router")
 
 
 @dataclass
@@ -90,6 +91,9 @@ class Cluster:
     gpu_mem_gib: float
     cpu_mem_gib: float | None = None
     reserve_gib: float = 2.0
+    device: str = "gpu"
+    """``gpu`` (nccl) or ``cpu``: ranks on CPUs with gloo, whose all-gather stages a copy of the
+    gathered module (measured: a 470 MB gather peaks 472 MB above its output)."""
 
     @property
     def world(self) -> int:
@@ -305,8 +309,6 @@ def ds_config_for(work: Workload) -> dict[str, Any]:
         "stage3_max_live_parameters": 1_000_000_000,
         "stage3_max_reuse_distance": 1_000_000_000,
         "stage3_gather_16bit_weights_on_model_save": True,
-        # a router or gate runs as one unit: its parameters are gathered together
-        "leaf_module": {"classes": list(LEAF_MODULES)},
     }
     if work.offload in ("optimizer", "params"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -366,6 +368,8 @@ def plan(counts: Counts, cluster: Cluster, work: Workload) -> Plan:
     gpu["prefetch + reduce buckets"] = 2 * max(
         z["stage3_prefetch_bucket_size"], counts.largest_layer
     ) + grad * min(z["reduce_bucket_size"], trainable)
+    if cluster.device == "cpu":
+        gpu["gloo all-gather staging"] = 2 * counts.largest_layer
     gpu["frozen encoders"] = 4 * counts.encoders
     gpu["activations"] = activation_bytes(counts, work, work.grad_checkpointing)
     tokens = work.micro_batch * work.seq_len
@@ -420,8 +424,9 @@ def _gib(b: float) -> str:
 def render(p: Plan, seconds: float | None = None) -> str:
     c, cl, w = p.counts, p.cluster, p.work
     what = "full fine-tuning" if w.full else f"{w.adapter} (r={w.rank})"
+    unit = "GPU(s)" if cl.device == "gpu" else "CPU rank(s) (gloo)"
     lines = [
-        f"plan: {c.backbone} + {what} on {cl.nodes} node(s) x {cl.gpus_per_node} GPU(s) x "
+        f"plan: {c.backbone} + {what} on {cl.nodes} node(s) x {cl.gpus_per_node} {unit} x "
         f"{cl.gpu_mem_gib:g} GiB, ZeRO-3, bf16",
         f"  backbone parameters  {c.base:,} (largest layer {c.largest_layer:,}: "
         f"{c.largest_layer_name or '-'})",
@@ -437,7 +442,8 @@ def render(p: Plan, seconds: float | None = None) -> str:
     )
     lines.append("")
     width = 40
-    lines.append(f"  {'GPU memory (GiB)':<{width}}{'per GPU':>10}{'per node':>11}")
+    each = "GPU" if cl.device == "gpu" else "rank"
+    lines.append(f"  {each + ' memory (GiB)':<{width}}{'per ' + each:>10}{'per node':>11}")
     labels = {
         "base weights": f"backbone weights, bf16, 1/{cl.world}",
         "adapter weights + grads": f"adapter weights + grads, 1/{cl.world}",
@@ -445,6 +451,7 @@ def render(p: Plan, seconds: float | None = None) -> str:
         "gathered layer": "largest layer gathered (bf16)",
         "gathered parameters": "other gathered layers (max live)",
         "prefetch + reduce buckets": "layer in flight + reduce bucket",
+        "gloo all-gather staging": "gloo all-gather staging (CPU ranks)",
         "frozen encoders": "frozen encoders (fp32)",
         "activations": "activations" + (" (checkpointed)" if w.grad_checkpointing else ""),
         "logits + loss": "logits + loss",
@@ -462,12 +469,16 @@ def render(p: Plan, seconds: float | None = None) -> str:
     lines.append(
         f"  {'fits ' + format(cl.gpu_mem_gib, 'g') + ' GiB':<{width}}"
         f"{'yes' if p.fits_gpu else 'NO':>10}   "
-        + (f"{_gib(free)} GiB free per GPU" if free >= 0 else f"{_gib(-free)} GiB short per GPU")
+        + (
+            f"{_gib(free)} GiB free per {each}"
+            if free >= 0
+            else f"{_gib(-free)} GiB short per {each}"
+        )
     )
     other = "without" if w.grad_checkpointing else "with"
     alt = p.gpu_total - p.gpu["activations"] + p.activations_other
     lines.append(
-        f"  activations {other} gradient checkpointing: {_gib(p.activations_other)} GiB per GPU "
+        f"  activations {other} gradient checkpointing: {_gib(p.activations_other)} GiB per {each} "
         f"(total {_gib(alt)} GiB)"
     )
     lines.append("")
@@ -529,7 +540,8 @@ def main(args) -> int:
     for name, value in (("--gpu-mem", args.gpu_mem), ("--cpu-mem", args.cpu_mem)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be a positive number of GiB, got {value}")
-    if args.reserve < 0:
+    cpu = args.device == "cpu"
+    if args.reserve is not None and args.reserve < 0:
         raise UsageError(f"--reserve must be at least 0 GiB, got {args.reserve}")
     overrides = list(args.overrides)
     if args.adapter:
@@ -553,7 +565,8 @@ def main(args) -> int:
         gpus_per_node=args.gpus_per_node or cfg.launch.ranks_per_node,
         gpu_mem_gib=args.gpu_mem,
         cpu_mem_gib=args.cpu_mem,
-        reserve_gib=args.reserve,
+        reserve_gib=args.reserve if args.reserve is not None else (0.0 if cpu else 2.0),
+        device=args.device,
     )
     work = Workload(
         adapter=t.adapter,

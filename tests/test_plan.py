@@ -186,3 +186,28 @@ def test_bad_input_is_one_error_line_and_exit_2(args, message, capsys, tmp_path)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_every_cluster_config_fits_its_cluster_with_the_shipped_deepspeed_config():
+    from pathlib import Path
+
+    from lorarec.trainer.distributed import DS_CONFIG_DIR
+
+    counted = {}
+    paths = sorted(Path("configs/cluster").glob("*.yaml"))
+    assert len(paths) == 12  # 8B and 70B x GraphLoRA, iLoRA, RecLoRA x 2 and 4 nodes
+    for path in paths:
+        cfg = load_config(path)
+        t = cfg.train
+        key = (cfg.model.backbone, t.adapter)
+        if key not in counted:
+            counted[key] = P.count(cfg, cfg.model.backbone, 943 + 1682, 1682)
+        work = P.Workload(
+            t.adapter, t.lora.rank, t.max_length, t.micro_batch_size, t.gradient_checkpointing
+        )
+        plan = P.plan(
+            counted[key], P.Cluster(cfg.launch.nodes, cfg.launch.ranks_per_node, 80), work
+        )
+        assert plan.fits, path
+        shipped = json.loads((DS_CONFIG_DIR / f"{cfg.deepspeed.config}.json").read_text())
+        assert shipped == plan.ds_config, path

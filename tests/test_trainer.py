@@ -146,50 +146,6 @@ def test_two_rank_zero3_run_trains_exports_and_evaluates(ml100k_prepared, tmp_pa
     assert any("adapter" in name and "likelihood" in name for name in results["methods"])
 
 
-def test_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tmp_path):
-    # 42 samples, global batch 4: 11 steps an epoch (the last one holds 2 samples), 2 epochs.
-    common = [
-        "train.max_samples=42",
-        "train.epochs=2",
-        "train.checkpoint_every=4",
-        "train.log_samples=true",
-        "train.keep_checkpoints=3",
-    ]
-    straight = tmp_path / "straight"
-    run_train(ml100k_prepared, straight, *common)
-    crashed = tmp_path / "crashed"
-    start_and_kill(train_cmd(ml100k_prepared, crashed, *common), crashed, after_steps=6)
-    tag = (crashed / "checkpoints/latest").read_text().strip()
-    resumed_from = int(tag.split("-")[1])
-    assert 4 <= resumed_from < 22
-    run_train(ml100k_prepared, crashed, *common, extra=["--resume"])
-    a, b = losses(straight), losses(crashed)
-    assert len(a) == len(b) == 22
-    nxt = slice(resumed_from, resumed_from + 5)
-    assert max(abs(x - y) for x, y in zip(a[nxt], b[nxt])) <= 1e-4
-    # every sample of each epoch exactly once, in the same order as the uninterrupted run
-    logs = [
-        [json.loads(line) for line in (r / "samples.jsonl").read_text().splitlines()]
-        for r in (straight, crashed)
-    ]
-    assert [x["slots"] for x in logs[0]] == [x["slots"] for x in logs[1]]
-    for epoch in (0, 1):
-        keys = [k for x in logs[1] if x["epoch"] == epoch for slot in x["slots"] for k in slot]
-        assert len(keys) == 42 and len(set(keys)) == 42
-    assert sorted(k for x in logs[1] if x["epoch"] == 0 for s in x["slots"] for k in s) == sorted(
-        k for x in logs[1] if x["epoch"] == 1 for s in x["slots"] for k in s
-    )
-    # resuming with another number of ranks is refused up front, in one line
-    wrong = subprocess.run(
-        train_cmd(ml100k_prepared, crashed, *common, "launch.ranks_per_node=1", extra=["--resume"]),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert wrong.returncode == 2
-    assert len(wrong.stderr.strip().splitlines()) == 1 and "written by 2 ranks" in wrong.stderr
-
-
 def test_one_and_two_ranks_give_the_same_first_loss_and_zero3_partitions(ml100k_prepared, tmp_path):
     """The same global batch on 1 rank (2 accumulation steps) and on 2 ranks: the same loss; and
     under ZeRO-3 each of 2 ranks holds at most 60% of the backbone's bytes."""
