@@ -116,7 +116,8 @@ class Exporter:
         memory = self._family(
             Gauge,
             "lorarec_process_memory_bytes",
-            "Memory of this process (kind: resident, peak_resident), read when scraped",
+            "Memory of this process (kind: resident, peak_resident), read when scraped; "
+            "a rank's peak starts again when training starts",
             ("kind",),
         )
         for kind in ("resident", "peak_resident"):

@@ -1,6 +1,6 @@
 """A decoder layer of Llama-3-70B's width (hidden 8192, 64 heads, 8 KV heads, intermediate
 28672; ``configs/wide70b.yaml``) trained through ``lorarec train`` by 2 CPU ranks under ZeRO-3 in
-bf16 with gradient checkpointing, with GraphLoRA and with iLoRA: the partitioned load, the
+bf16, with GraphLoRA (gradient checkpointing on) and with iLoRA (off): the partitioned load, the
 adapters at that width, the export, and the memory ``lorarec plan`` predicts for it."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WIDE = {
     # neighbourhoods from the in-process sampler (the service is tested equal to it)
     "graphlora": ["graph_service.backend=inprocess"],
-    "ilora": [],
+    # iLoRA without gradient checkpointing: both settings at this width (and a shorter test)
+    "ilora": ["train.gradient_checkpointing=false"],
 }
 
 

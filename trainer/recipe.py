@@ -507,7 +507,10 @@ class LoraRecipe:
             else None,
             "mean_mfu": sum(r["mfu"] for r in records) / len(records) if records else None,
             "checkpoint_seconds": max(r["checkpoint_seconds"] for r in ranks),
-            "peak_rss_bytes_per_rank": [r.get("peak_rss_bytes") for r in ranks],
+            # over the whole run: set-up (loading) and training
+            "peak_rss_bytes_per_rank": [
+                max(r.get("peak_rss_bytes") or 0, r.get("peak_rss_setup_bytes") or 0) for r in ranks
+            ],
             # per rank: resident bytes before the model loads, and the peaks of set-up (loading,
             # engine) and of training (from the end of set-up; lifetime if peak_reset is false)
             "memory_per_rank": [
