@@ -262,7 +262,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     from lorarec.trainer.adapter import prepare_adapter_inputs
+    from lorarec.trainer.backbone import load_tokenizer
 
+    if isinstance(resolve_backbone(cfg.model), str):
+        # weights from a hub (a preset without model.weights, or a hub name): reachable, before
+        # any rank starts; one error line otherwise
+        load_tokenizer(cfg.model)
     prepare_adapter_inputs(cfg, data)  # SASRec, collaborative embeddings, text features
     service_env, service = T.graph_service_for_run(
         cfg, data, args.ray_address, multi_node=bool(args.hostfile)

@@ -211,3 +211,45 @@ def test_every_cluster_config_fits_its_cluster_with_the_shipped_deepspeed_config
         assert plan.fits, path
         shipped = json.loads((DS_CONFIG_DIR / f"{cfg.deepspeed.config}.json").read_text())
         assert shipped == plan.ds_config, path
+
+
+def test_presets_resolve_to_checked_weights_or_their_hub_repository(tmp_path):
+    from lorarec.core.config import ModelConfig
+    from lorarec.core.errors import AssetError, ConfigError
+    from lorarec.core.presets import PRESETS
+    from lorarec.trainer.backbone import resolve_backbone
+
+    assert resolve_backbone(ModelConfig(backbone="llama-3-70b")) == "meta-llama/Meta-Llama-3-70B"
+    weights = tmp_path / "llama-3-8b"
+    weights.mkdir()
+    (weights / "config.json").write_text(PRESETS["llama-3-8b"].path.read_text())
+    assert resolve_backbone(ModelConfig(backbone="llama-3-8b", weights=str(weights))) == weights
+    with pytest.raises(
+        AssetError, match=r"not the architecture of preset llama-3-70b: .*hidden_size=4096"
+    ):
+        resolve_backbone(ModelConfig(backbone="llama-3-70b", weights=str(weights)))
+    with pytest.raises(ConfigError, match="model.weights is for presets"):
+        resolve_backbone(ModelConfig(backbone="tiny-random", weights=str(weights)))
+
+
+def test_training_a_preset_whose_hub_is_unreachable_is_one_error_line(
+    ml100k_prepared, tmp_path, monkeypatch
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the hub, at once
+    lorarec = str(Path(sys.executable).parent / "lorarec")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [lorarec, "train", "configs/cluster/llama-3-8b-graphlora-2x8.yaml", "--out", str(out)]
+        + [f"data.dir={ml100k_prepared}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "meta-llama/Meta-Llama-3-8B" in err[0] and "model.weights" in err[0]
+    assert not (out / "checkpoints").exists()

@@ -95,13 +95,13 @@ def resolve_backbone(model_cfg: ModelConfig) -> Path | str:
     from lorarec.core.presets import PRESETS, check_weights
 
     spec = model_cfg.backbone
-    if spec == TINY:
-        return tiny_backbone_dir(model_cfg.tiny, model_cfg.dtype)
     if model_cfg.weights is not None and spec not in PRESETS:
         raise ConfigError(
             f"model.weights is for presets ({', '.join(PRESETS)}); model.backbone={spec!r} "
             "names its weights itself"
         )
+    if spec == TINY:
+        return tiny_backbone_dir(model_cfg.tiny, model_cfg.dtype)
     if spec in PRESETS and model_cfg.weights is not None:
         source = _local_or_hub(model_cfg.weights)
         if isinstance(source, Path):
@@ -136,8 +136,15 @@ def load_tokenizer(model_cfg: ModelConfig):
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except OSError as exc:
+        where = "" if isinstance(source, Path) else f" from the hub ({source})"
+        hint = (
+            "; set model.weights to a local copy"
+            if model_cfg.weights is None and isinstance(source, str)
+            else ""
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AssetError(
-            f"backbone {model_cfg.backbone!r}: cannot load its tokenizer ({exc})"
+            f"backbone {model_cfg.backbone!r}: cannot load its tokenizer{where}: {first}{hint}"
         ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
