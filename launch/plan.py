@@ -398,9 +398,10 @@ def plan(counts: Counts, cluster: Cluster, work: Workload) -> Plan:
 
 
 def recommend(counts: Counts, cluster: Cluster, work: Workload) -> Plan | None:
-    """The least offload (gradient checkpointing first) that fits, or None."""
-    for ckpt in (work.grad_checkpointing, True):
-        for offload in OFFLOADS:
+    """The least offload that fits, gradient checkpointing tried before each further offload;
+    None when nothing fits."""
+    for offload in OFFLOADS[OFFLOADS.index(work.offload) :]:
+        for ckpt in dict.fromkeys((work.grad_checkpointing, True)):
             p = plan(counts, cluster, _with(work, grad_checkpointing=ckpt, offload=offload))
             if p.fits:
                 return p

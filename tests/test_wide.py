@@ -18,11 +18,12 @@ from tests.test_trainer import ROOT, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
+# Neighbourhoods and histories come from the in-process sampler (the service is tested equal to
+# it): no Ray next to 4 ranks on 2 cores. iLoRA runs without gradient checkpointing, so both
+# settings run at this width.
 WIDE = {
-    # neighbourhoods from the in-process sampler (the service is tested equal to it)
     "graphlora": ["graph_service.backend=inprocess"],
-    # iLoRA without gradient checkpointing: both settings at this width (and a shorter test)
-    "ilora": ["train.gradient_checkpointing=false"],
+    "ilora": ["graph_service.backend=inprocess", "train.gradient_checkpointing=false"],
 }
 
 
