@@ -222,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.distributed import build_ds_config
 
     data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
-    resolve_backbone(cfg.model)  # also materialises tiny-random
+    source = resolve_backbone(cfg.model)  # also materialises tiny-random
     build_ds_config(cfg, 1)
     if not args.resume and (cfg.run_dir / "checkpoints" / "latest").is_file():
         raise UsageError(
@@ -264,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lorarec.trainer.adapter import prepare_adapter_inputs
     from lorarec.trainer.backbone import load_tokenizer
 
-    if isinstance(resolve_backbone(cfg.model), str):
+    if isinstance(source, str):
         # weights from a hub (a preset without model.weights, or a hub name): reachable, before
         # any rank starts; one error line otherwise
         load_tokenizer(cfg.model)

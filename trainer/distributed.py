@@ -216,17 +216,15 @@ class DeepSpeedStrategy:
         if zero_stage(self.ds_config) == 3:
             import deepspeed
 
+            if self.engine is not None:
+                # parameters prefetched for a forward that did not come (after an evaluation
+                # forward) may still be in flight: wait for them and partition every gathered
+                # one again, so the gather below starts from partitioned parameters
+                self.engine.empty_partition_cache()
             with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
                 yield
         else:
             yield
-
-    def release_parameters(self) -> None:
-        """Under ZeRO-3: wait for parameters still being fetched (prefetched for a forward that
-        did not come, e.g. after an evaluation forward) and partition every gathered one again,
-        so that a following :meth:`gathered` starts from partitioned parameters."""
-        if zero_stage(self.ds_config) == 3:
-            self.engine.empty_partition_cache()
 
     # -------------------------------------------------------------- checkpoints
 

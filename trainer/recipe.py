@@ -424,7 +424,6 @@ class LoraRecipe:
                 attention_mask=probe["attention_mask"].to(s.device),
                 **extra,
             ).logits
-        s.release_parameters()
         trainable = [p for p in module.parameters() if p.requires_grad]
         with s.gathered(trainable):
             if s.is_main:
