@@ -34,9 +34,9 @@ import torch
 
 @dataclass
 class GraphBatch:
-    """The sampled subgraph of a batch: ``nodes`` (N,) global ids, seeds first; ``edge_index``
-    (2, E) local indices, both directions; ``edge_weight`` (E,) ``1/sqrt(deg u deg v)`` over the
-    full training graph."""
+    """The sampled subgraphs of a batch, one disjoint component per sample: ``nodes`` (N,)
+    global ids; ``edge_index`` (2, E) local indices, directed (sampled neighbour -> the node
+    that drew it); ``edge_weight`` (E,) from ``graphlora.gnn.edge_weights``."""
 
     nodes: torch.Tensor
     edge_index: torch.Tensor
@@ -52,7 +52,8 @@ class Conditioning:
     node_index: torch.Tensor | None = None
     """(batch, tokens) long: local subgraph index of the node a token stands for, -1 elsewhere."""
     user_node: torch.Tensor | None = None
-    """(batch,) long: local subgraph index of each sample's user."""
+    """(batch,) long: local subgraph index of each sample's user; or (batch, m), -1 padded:
+    its history's item nodes (data without users; the gate pools them)."""
     sequence_state: torch.Tensor | None = None
     """(batch, c): the frozen sequence recommender's representation of each sample's history."""
     item_index: torch.Tensor | None = None

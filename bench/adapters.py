@@ -90,7 +90,7 @@ def make_batch(cfg, data, tokenizer, placeholders, samples, builder_cond):
         [e.marks for e in examples],
         [len(e.input_ids) for e in examples],
         batch["input_ids"].shape[1],
-        seed=0,
+        epoch=0,
     )
     return batch, cond
 

@@ -7,6 +7,10 @@ likelihood ranking of the 20 fixed candidates on the same seeded subset of test 
 baselines are evaluated on that subset too. A run directory that already holds results is
 reused, so an interrupted benchmark continues where it stopped.
 
+Every method is compared with plain LoRA by a paired bootstrap over the same users
+(``vs_lora``: ``[diff, lo, hi]`` per metric, method minus LoRA): each run's ``results.json``
+keeps its per-sample ranks (``per_sample``), paired here by sample key.
+
     python bench/quality.py                          # SmolLM2-135M, the demo budget (30 steps)
     python bench/quality.py --steps 200 --llm-limit 200
     python bench/quality.py --quick                  # tiny backbone, a few steps: a smoke run
@@ -52,9 +56,16 @@ def train(adapter: str, args, out: Path) -> dict:
     summary = json.loads((out / "train_summary.json").read_text())
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
     llm = next(v for k, v in results["methods"].items() if k.startswith("llm"))
+    if "per_sample" not in llm:
+        raise SystemExit(
+            f"{out / 'results.json'} has no per-sample values (written before paired "
+            f"comparisons): remove {out} to retrain, or re-evaluate it with `lorarec eval`"
+        )
     return {
         "metrics": llm["metrics"],
         "n": llm["n"],
+        "entry": llm,
+        "bootstrap": results["bootstrap"],
         "train_seconds": sum(r["step_seconds"] for r in records),
         "steps": summary["steps"],
         "samples": summary["samples"],
@@ -66,6 +77,24 @@ def train(adapter: str, args, out: Path) -> dict:
 
 def cell(m: dict) -> str:
     return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+
+PAIRED = ["hr@1", "ndcg@10"]
+
+
+def vs_lora(entry: dict, lora: dict | None, n_resamples: int) -> dict | None:
+    """``{metric: [diff, lo, hi]}``: ``entry`` minus plain LoRA, paired by sample key."""
+    from lorarec.trainer.evaluate import paired_comparison
+
+    if lora is None:
+        return None
+    return paired_comparison(entry, lora, n_resamples, seed=0, metrics=PAIRED)
+
+
+def diff_cells(diffs: dict | None) -> str:
+    from lorarec.trainer.evaluate import diff_text
+
+    return " | ".join(diff_text(None if diffs is None else diffs.get(m)) for m in PAIRED)
 
 
 def main() -> None:
@@ -92,21 +121,30 @@ def main() -> None:
         for k, v in first["baselines"].items()
         if "llm subset" in k
     }
+    lora = rows["lora"]["entry"] if "lora" in rows else None
+    n_resamples = first["bootstrap"]
+    for res in [*baselines.values(), *rows.values()]:
+        res["vs_lora"] = vs_lora(res.get("entry", res), lora, n_resamples)
     lines = [
         f"ML-100K next item, test, {first['n']} users (the LLM subset), 20 fixed candidates; "
-        f"{args.config}, {args.steps} steps; 95% bootstrap intervals",
+        f"{args.config}, {args.steps} steps; 95% bootstrap intervals; vs LoRA: paired "
+        "difference (method minus LoRA) on the same users, 95% paired bootstrap interval",
         "",
-        "| method | HR@1 | NDCG@10 | train time (s) | trainable parameters |",
-        "|---|---:|---:|---:|---:|",
+        "| method | HR@1 | NDCG@10 | HR@1 vs LoRA | NDCG@10 vs LoRA | train time (s) | "
+        "trainable parameters |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in baselines.items():
         m = res["metrics"]
-        lines.append(f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | | |")
+        lines.append(
+            f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | {diff_cells(res['vs_lora'])}"
+            " | | |"
+        )
     for name, res in rows.items():
         m = res["metrics"]
         lines.append(
-            f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | {res['train_seconds']:.0f} | "
-            f"{res['trainable_parameters']:,} |"
+            f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | {diff_cells(res['vs_lora'])}"
+            f" | {res['train_seconds']:.0f} | {res['trainable_parameters']:,} |"
         )
     table = "\n".join(lines)
     print(table)
@@ -120,9 +158,13 @@ def main() -> None:
             "steps": args.steps,
             "llm_limit": args.llm_limit,
             "adapters": {
-                a: {k: v for k, v in r.items() if k != "baselines"} for a, r in rows.items()
+                a: {k: v for k, v in r.items() if k not in ("baselines", "entry")}
+                for a, r in rows.items()
             },
-            "baselines": baselines,
+            "baselines": {
+                name: {k: v for k, v in r.items() if k != "per_sample"}
+                for name, r in baselines.items()
+            },
             "table": table,
             "seconds": round(time.perf_counter() - start, 1),
         },

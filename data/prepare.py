@@ -7,6 +7,8 @@ Layout of a prepared directory (one sub-directory per task/split scheme, each se
     DIR/users.tsv              user<TAB>raw_id                  (sources with users only)
     DIR/<task>/shards/<split>-NNNNNN.tar.gz  samples as webdataset shards, one ``<key>.json`` each
     DIR/<task>/graph/{indptr,indices}.npy training graph as symmetric CSR
+    DIR/<task>/graph/times.npy         user-item graphs: the interaction time of each CSR entry
+                                       (the earliest, if a pair interacted more than once)
 
 Tasks: ``next_item`` (per user: last interaction is test, second last valid, the rest train),
 ``ctr`` (the same per-user split, label = rating >= positive_rating) and ``ctr_global``
@@ -39,7 +41,7 @@ from lorarec.data.sources import Interactions, Sequences
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graph/times.npy (interaction time of each CSR entry)
 SPLITS = ("train", "valid", "test")
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 
@@ -201,8 +203,10 @@ def _prepare_interactions(src: Interactions, root: Path, opts: PrepareOptions) -
             train_mask[positions["valid"]] = False
             train_mask[positions["test"]] = False
         nu = src.num_users
-        edges = np.unique(np.stack([user[train_mask], nu + item[train_mask]], axis=1), axis=0)
-        graph = _write_graph(tdir, edges, nu + src.num_items)
+        # in chronological order per user, so the first occurrence of a pair is its earliest
+        pairs = np.stack([user[train_mask], nu + item[train_mask]], axis=1)
+        edges, first = np.unique(pairs, axis=0, return_index=True)
+        graph = _write_graph(tdir, edges, nu + src.num_items, times=ts[train_mask][first])
         tasks[task] = {
             "split": scheme,
             "samples": counts,
@@ -299,12 +303,21 @@ def _prepare_sequences(src: Sequences, root: Path, opts: PrepareOptions) -> dict
 # ----------------------------------------------------------------------------- writers
 
 
-def _write_graph(tdir: Path, edges: np.ndarray, num_nodes: int) -> dict[str, int]:
-    """Symmetric CSR (sorted, de-duplicated neighbour lists) of an undirected edge list."""
+def _write_graph(
+    tdir: Path, edges: np.ndarray, num_nodes: int, times: np.ndarray | None = None
+) -> dict[str, int]:
+    """Symmetric CSR (sorted, de-duplicated neighbour lists) of an undirected edge list, with
+    each entry's interaction time (``times``, one per edge of a user-item graph)."""
     gdir = tdir / "graph"
     gdir.mkdir()
     both = np.concatenate([edges, edges[:, ::-1]], axis=0)
-    both = np.unique(both, axis=0)
+    if times is None:
+        both = np.unique(both, axis=0)
+    else:  # user-item edges: (u, i) and (i, u) never coincide, so no duplicates
+        stamps = np.concatenate([times, times]).astype(np.int64)
+        order = np.lexsort((both[:, 1], both[:, 0]))
+        both, stamps = both[order], stamps[order]
+        np.save(gdir / "times.npy", stamps)
     indptr = np.zeros(num_nodes + 1, dtype=np.int64)
     np.add.at(indptr, both[:, 0] + 1, 1)
     np.cumsum(indptr, out=indptr)

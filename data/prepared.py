@@ -104,6 +104,16 @@ class PreparedData:
             gdir / "indices.npy", mmap_mode="r"
         )
 
+    def graph_times(self) -> np.ndarray | None:
+        """The interaction time of each CSR entry (user-item graphs), memory-mapped; None for
+        item-item graphs."""
+        path = self.task_dir / "graph" / "times.npy"
+        if not self.num_users:
+            return None
+        if not path.is_file():
+            raise DataError(f"{path}: missing; prepare the data again")
+        return np.load(path, mmap_mode="r")
+
     @property
     def graph_info(self) -> dict[str, int]:
         return self.manifest["tasks"][self.task]["graph"]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lorarec.graph_service.partition import shard_of
-from lorarec.graph_service.sampler import LocalIds, Subgraph, check_fanouts, khop, khop_steps
+from lorarec.graph_service.sampler import Subgraph, check_fanouts, khop_batch
 from lorarec.graph_service.service import actor_name, shard_handles
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class GraphClient:
                 f"{info['num_shards']}"
             )
         self.num_nodes, self.num_users = info["num_nodes"], info["num_users"]
-        self.ids = LocalIds(self.num_nodes)
         self.retried = 0  # requests repeated after a shard failure
 
     # ------------------------------------------------------------------ transport
@@ -133,88 +132,62 @@ class GraphClient:
 
     # ------------------------------------------------------------------ requests
 
-    def _hop_requests(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
-        routes = self._route(frontier)
-        requests = {
-            k: ("sample_hop", (frontier[pos], fanout, seed, hop)) for k, pos in routes.items()
-        }
-        return routes, requests
-
     @staticmethod
     def _merge_hop(frontier: np.ndarray, routes, answers):
         """The shards' answers in frontier order (CSR order within a node), as the in-process
-        sampler returns them."""
-        count = np.zeros(len(frontier), np.int64)
-        frontier_deg = np.empty(len(frontier), np.int64)
+        sampler returns them: ``(count, neighbour, neighbour degree, frontier degree, hidden
+        count, hidden)``."""
+        n = len(frontier)
+        count, frontier_deg, h_count = (np.zeros(n, np.int64) for _ in range(3))
         for k, pos in routes.items():
-            count[pos] = answers[k][0]
-            frontier_deg[pos] = answers[k][3]
-        start = np.cumsum(count) - count
-        total = int(count.sum())
-        nbr = np.empty(total, np.int64)
-        nbr_deg = np.empty(total, np.int64)
-        for k, pos in routes.items():
-            c, n, d, _ = answers[k]
-            # where each of this shard's answers goes: its node's slot, then its rank there
-            at = np.repeat(start[pos] - (np.cumsum(c) - c), c) + np.arange(len(n))
-            nbr[at], nbr_deg[at] = n, d
-        return np.repeat(frontier, count), nbr, nbr_deg, frontier_deg, count
+            count[pos], frontier_deg[pos], h_count[pos] = (answers[k][i] for i in (0, 3, 4))
 
-    def _hop(self, frontier: np.ndarray, fanout: int, hop: int, seed: int):
-        routes, requests = self._hop_requests(frontier, fanout, hop, seed)
-        return self._merge_hop(frontier, routes, self._call(requests))[:4]
+        def place(counts, col):
+            start = np.cumsum(counts) - counts
+            out = np.empty(int(counts.sum()), np.int64)
+            for k, pos in routes.items():
+                c, values = answers[k][col[0]], answers[k][col[1]]
+                # where each of this shard's answers goes: its node's slot, then its rank there
+                at = np.repeat(start[pos] - (np.cumsum(c) - c), c) + np.arange(len(values))
+                out[at] = values
+            return out
 
-    def sample(self, seeds: np.ndarray, fanouts: list[int], seed: int) -> Subgraph:
+        nbr, nbr_deg = place(count, (0, 1)), place(count, (0, 2))
+        return count, nbr, nbr_deg, frontier_deg, h_count, place(h_count, (4, 5))
+
+    def _fetch(self, nodes: np.ndarray, fanout: int, hop: int, seeds: np.ndarray, cuts):
+        """One hop for ``nodes`` (each with its seed and cut), one request per shard."""
+        routes = self._route(nodes)
+        has_cut = ((cuts[:, 0] >= 0) | (cuts[:, 3] >= 0)).any()
+        requests = {
+            k: ("sample_hop", (nodes[pos], fanout, seeds[pos], hop, cuts[pos] if has_cut else None))
+            for k, pos in routes.items()
+        }
+        return self._merge_hop(nodes, routes, self._call(requests))
+
+    def sample(self, seeds: np.ndarray, fanouts: list[int], seed: int, cut=None) -> Subgraph:
         """The k-hop neighbourhood of ``seeds``: equal to ``NeighborSampler.sample``."""
-        seeds = self._check_nodes(seeds, self.num_nodes, "node")
-        fanouts = check_fanouts(fanouts)
-        return khop(lambda f, k, h: self._hop(f, k, h, seed), seeds, fanouts, self.ids)
+        return self.sample_batch([(seeds, seed, cut)], fanouts).component(0)
 
-    def sample_many(self, batches, fanouts: list[int], group: int = 16):
-        """``sample(seeds, fanouts, seed)`` for each ``(seeds, seed)`` of ``batches``, in order.
-        ``group`` batches go together: one request per shard per hop carries all of their
-        frontiers (each node with its batch's seed), so the cost of a request is shared."""
+    def sample_batch(self, items, fanouts: list[int]) -> Subgraph:
+        """Each ``(seeds, seed[, cut])`` sampled on its own, as the components of one
+        Subgraph: one request per shard per hop carries all items' frontiers (each node with
+        its item's seed and cut). Equal to ``NeighborSampler.sample_batch``."""
+        fanouts = check_fanouts(fanouts)
+        items = [(self._check_nodes(it[0], self.num_nodes, "node"), *it[1:]) for it in items]
+        return khop_batch(self._fetch, items, fanouts, self.num_nodes)
+
+    def sample_many(self, items, fanouts: list[int], group: int = 16):
+        """``sample(seeds, fanouts, seed, cut)`` for each ``(seeds, seed[, cut])`` of
+        ``items``, in order; ``group`` items go together (:meth:`sample_batch`), so the cost of
+        a request is shared."""
         fanouts = check_fanouts(fanouts)
         if group < 1:
             raise ValueError(f"group must be at least 1, got {group}")
-        batches = iter(batches)
-        while chunk := list(islice(batches, group)):
-            yield from self._sample_group(chunk, fanouts)
-
-    def _sample_group(self, chunk, fanouts: list[int]) -> list[Subgraph]:
-        results: list[Subgraph | None] = [None] * len(chunk)
-        active = {}  # batch -> (steps, seed, its request for this hop)
-        for i, (seeds, seed) in enumerate(chunk):
-            steps = khop_steps(self._check_nodes(seeds, self.num_nodes, "node"), fanouts, self.ids)
-            active[i] = (steps, int(seed), next(steps))
-        while active:  # all active batches are at the same hop
-            order = list(active)
-            frontiers = [active[i][2][0] for i in order]
-            _, fanout, hop = active[order[0]][2]
-            nodes = np.concatenate(frontiers)
-            seeds = np.repeat([active[i][1] for i in order], [len(f) for f in frontiers])
-            routes = self._route(nodes)
-            requests = {
-                k: ("sample_hop", (nodes[pos], fanout, seeds[pos], hop))
-                for k, pos in routes.items()
-            }
-            parent, nbr, nbr_deg, node_deg, counts = self._merge_hop(
-                nodes, routes, self._call(requests)
-            )
-            # split the merged hop back into batches: frontier segments, then their answers
-            node_end = np.cumsum([len(f) for f in frontiers])
-            edges_end = np.r_[0, np.cumsum(counts)][node_end]
-            n0 = e0 = 0
-            for i, n1, e1 in zip(order, node_end, edges_end):
-                steps = active[i][0]
-                answer = (parent[e0:e1], nbr[e0:e1], nbr_deg[e0:e1], node_deg[n0:n1])
-                try:
-                    active[i] = (steps, active[i][1], steps.send(answer))
-                except StopIteration as done:
-                    results[i] = done.value
-                    del active[i]
-                n0, e0 = n1, e1
-        return results
+        items = iter(items)
+        while chunk := list(islice(items, group)):
+            batch = self.sample_batch(chunk, fanouts)
+            yield from (batch.component(i) for i in range(batch.num_components))
 
     def features(self, nodes: np.ndarray) -> np.ndarray:
         nodes = self._check_nodes(nodes, self.num_nodes, "node")

@@ -9,6 +9,8 @@ that does not depend on the platform or on N's other shards. A shard holds, for 
                   /indptr.npy          CSR row pointers over the owned nodes
                   /indices.npy         neighbour global ids, in the order of the full CSR
                   /nbr_degree.npy      full-graph degree of each neighbour entry
+                  /entry_time.npy      interaction time of each entry (user-item graphs; 0
+                                       for item-item graphs), for leak-free cuts
                   /features.npy        float32 node features (``feature_names`` in the manifest)
                   /users.npy           owned user ids (sorted; a user's node id is its user id)
                   /hist_indptr.npy     per owned user: its interactions, chronological
@@ -37,13 +39,14 @@ from lorarec.core.errors import DataError
 from lorarec.core.io import atomic_path, sha256_file
 from lorarec.graph_service.sampler import mix64
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entry_time
 FEATURES = ("degree", "is_user", "is_item")
 ARRAYS = (
     "nodes",
     "indptr",
     "indices",
     "nbr_degree",
+    "entry_time",
     "features",
     "users",
     "hist_indptr",
@@ -120,6 +123,8 @@ def build(
         raise DataError(f"shards must be a positive integer, got {num_shards!r}")
     indptr, indices = data.graph()
     indptr, indices = np.asarray(indptr), np.asarray(indices)
+    times = data.graph_times()
+    times = np.zeros(len(indices), np.int64) if times is None else np.asarray(times, np.int64)
     n = len(indptr) - 1
     if n >= 2**31:
         raise DataError(f"{data.root}: {n} nodes; the graph service handles fewer than 2**31")
@@ -169,6 +174,7 @@ def build(
                 "indptr": local_indptr,
                 "indices": nbrs,
                 "nbr_degree": degree[nbrs].astype(np.int64),
+                "entry_time": times[take],
                 "features": feats[nodes],
                 "users": users,
                 "hist_indptr": np.r_[0, np.cumsum(he - hs)].astype(np.int64),

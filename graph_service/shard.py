@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lorarec.graph_service.partition import ShardData, ranges
-from lorarec.graph_service.sampler import check_fanouts, sample_neighbors
+from lorarec.graph_service.sampler import check_fanouts, draw_hop
 
 
 def _ids(values, what: str) -> np.ndarray:
@@ -58,6 +58,7 @@ class GraphShard:
             self.endpoint = self.metrics.serve(metrics["host"], int(metrics["port"]))
         self.nodes, self.indptr, self.indices = a["nodes"], a["indptr"], a["indices"]
         self.nbr_degree, self.node_features = a["nbr_degree"], a["features"]
+        self.entry_time = a["entry_time"]
         self.users, self.hist_indptr = a["users"], a["hist_indptr"]
         self.hist_items, self.hist_ts = a["hist_items"], a["hist_ts"]
 
@@ -70,10 +71,12 @@ class GraphShard:
         """Where this shard serves ``/metrics`` (``Endpoint.to_json``), or None."""
         return None if self.endpoint is None else self.endpoint.to_json()
 
-    def sample_hop(self, nodes, fanout: int, seed: int, hop: int):
-        """``(count, neighbour, neighbour degree, node degree)`` for this shard's ``nodes``,
-        exactly as the in-process sampler draws them for the same ``seed`` and ``hop``: the
-        neighbours grouped by node in request order, ``count`` of them per node."""
+    def sample_hop(self, nodes, fanout: int, seed: int, hop: int, cuts=None):
+        """``(count, neighbour, neighbour degree, node degree, hidden count, hidden)`` for this
+        shard's ``nodes``, exactly as the in-process sampler draws them for the same ``seed``,
+        ``hop`` and ``cuts`` (None, or ``(n, 4)`` rows of ``(user, time, target, last)``): the
+        neighbours grouped by node in request order, ``count`` of them per node; the entries
+        the cuts hid, ``hidden count`` per node."""
         with self.metrics.request("sample_hop"):
             nodes = _ids(nodes, "nodes")
             fanout = check_fanouts([fanout])[0]
@@ -86,8 +89,15 @@ class GraphShard:
                 raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
             if isinstance(hop, bool) or not isinstance(hop, (int, np.integer)) or hop < 0:
                 raise ValueError(f"hop must be a non-negative integer, got {hop!r}")
+            if cuts is not None:
+                cuts = np.asarray(cuts)
+                if cuts.shape != (len(nodes), 4) or not np.issubdtype(cuts.dtype, np.integer):
+                    raise ValueError(f"cuts must be ({len(nodes)}, 4) integers, got {cuts.shape}")
+                cuts = cuts.astype(np.int64)
+                if not ((cuts[:, 0] >= 0) | (cuts[:, 3] >= 0)).any():
+                    cuts = None
             rows = self._rows(self.nodes, nodes, "node")
-            _, nbr, entry = sample_neighbors(
+            h = draw_hop(
                 self.indptr,
                 self.indices,
                 nodes,
@@ -95,18 +105,19 @@ class GraphShard:
                 seed if isinstance(seed, np.ndarray) else int(seed),
                 int(hop),
                 rows,
-                True,
+                times=self.entry_time,
+                cuts=cuts,
             )
-            self.metrics.sampled_edges.inc(len(nbr))
-            node_deg = np.asarray(self.indptr[rows + 1] - self.indptr[rows], np.int64)
-            count = node_deg if fanout < 0 else np.minimum(node_deg, fanout)
+            self.metrics.sampled_edges.inc(len(h.neighbour))
             # int32 on the wire (ids and degrees fit): half the bytes, so more answers stay
             # under Ray's inline size limit and skip the object store
             return (
-                count.astype(np.int32),
-                nbr.astype(np.int32),
-                np.asarray(self.nbr_degree[entry], np.int32),
-                node_deg.astype(np.int32),
+                h.count.astype(np.int32),
+                h.neighbour.astype(np.int32),
+                np.asarray(self.nbr_degree[h.entry], np.int32),
+                h.degree.astype(np.int32),
+                h.hidden_count.astype(np.int32),
+                h.hidden.astype(np.int32),
             )
 
     def features(self, nodes) -> np.ndarray:

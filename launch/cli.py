@@ -56,7 +56,7 @@ def _check_out(out: Path, inputs: list[Path], ours: bool) -> None:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from lorarec.core.io import sha256_file
     from lorarec.data import sources
-    from lorarec.data.prepare import PrepareOptions, prepare, report
+    from lorarec.data.prepare import FORMAT_VERSION, PrepareOptions, prepare, report
 
     given = {
         "seed": args.seed,
@@ -114,11 +114,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if existing.is_file() and not args.force:
         manifest = json.loads(existing.read_text())
         wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}
-        if (manifest.get("source"), manifest.get("options"), manifest.get("inputs")) == (
-            source_name,
-            wanted,
-            inputs,
-        ):
+        if (
+            manifest.get("format_version"),
+            manifest.get("source"),
+            manifest.get("options"),
+            manifest.get("inputs"),
+        ) == (FORMAT_VERSION, source_name, wanted, inputs):
             print(report(manifest))
             print(f"already prepared in {out} (--force to prepare again)")
             return 0

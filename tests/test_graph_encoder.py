@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lorarec.adapters.graphlora.gnn import GraphEncoder, symmetric_weights
+from lorarec.adapters.graphlora.gnn import GraphEncoder, edge_weights
 from lorarec.graph_service.sampler import NeighborSampler
 
 
@@ -19,8 +19,7 @@ def test_lightgcn_states_follow_the_normalised_propagation():
     sub = NeighborSampler(indptr, indices).sample(np.arange(8), [-1], seed=0)
     nodes = torch.as_tensor(sub.nodes)
     ei = torch.as_tensor(sub.edge_index)
-    deg = torch.as_tensor(np.diff(indptr))
-    w = symmetric_weights(nodes[ei], deg)
+    w = edge_weights(ei, torch.as_tensor(sub.degrees), torch.as_tensor(sub.sampled))
     enc = GraphEncoder(8, dim=6, rank=4, layers=2)
     out = enc(nodes, ei, w)
     # the same by dense matrices: A_hat = D^-1/2 A D^-1/2 on the ring (every degree 2)
@@ -43,7 +42,7 @@ def test_text_features_are_concatenated_and_gcn_option_runs():
     indptr, indices = ring()
     sub = NeighborSampler(indptr, indices).sample(np.array([0, 3]), [2, 2], seed=1)
     nodes, ei = torch.as_tensor(sub.nodes), torch.as_tensor(sub.edge_index)
-    w = symmetric_weights(nodes[ei], torch.as_tensor(np.diff(indptr)))
+    w = edge_weights(ei, torch.as_tensor(sub.degrees), torch.as_tensor(sub.sampled))
     text = torch.randn(8, 5)
     for kind in ("lightgcn", "gcn"):
         enc = GraphEncoder(8, dim=6, rank=4, layers=2, kind=kind, text_features=text)

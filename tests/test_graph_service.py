@@ -134,10 +134,13 @@ def test_bad_requests_raise_clear_errors_and_the_shard_keeps_serving(parts):
         shard.sample_hop(np.array([0.5]), 5, 0, 0)
     with pytest.raises(ValueError, match="no interaction with item"):
         shard.histories(shard.users[:1], np.array([1]), np.array([2]), 5)
-    parent, nbr, deg, node_deg = shard.sample_hop(mine, 5, 0, 0)
+    with pytest.raises(ValueError, match="cuts must be"):
+        shard.sample_hop(mine, 5, 0, 0, np.zeros((1, 4), np.int64))
+    count, nbr, deg, node_deg, hidden_count, hidden = shard.sample_hop(mine, 5, 0, 0)
     assert len(nbr) == min(5, node_deg[0]) + min(5, node_deg[1]) + min(5, node_deg[2])
+    assert count.tolist() == np.minimum(node_deg, 5).tolist() and hidden_count.sum() == 0
     st = shard.stats()
-    assert st["errors"] == {"sample_hop": 4, "histories": 1} and st["requests"]["sample_hop"] == 5
+    assert st["errors"] == {"sample_hop": 5, "histories": 1} and st["requests"]["sample_hop"] == 6
 
 
 def test_service_equals_inprocess_sampler(data, ray_services):
@@ -322,3 +325,27 @@ def graph_shard_pids(root: int) -> list[int]:
             if titles.get(c, "").startswith("ray::GraphShard"):
                 found.append(c)
     return sorted(found)
+
+
+def test_service_neighbourhoods_are_leak_free_and_equal_the_inprocess_sampler(data, ray_services):
+    """Every training sample's neighbourhood (around its user and target) from 1 and 4 shard
+    actors: the cut hides the same edges as in process, so no edge of the user at or after the
+    sample's interaction is served, and the subgraphs equal the in-process ones."""
+    from tests.test_leakfree import components, draw, edge_times, leaks
+
+    ref = NeighborSampler(*data.graph(), data.graph_times())
+    train = data.samples("train")
+    lookup = edge_times(data)
+    expected = draw(ref, train, data.num_users)
+    for n in (1, 4):
+        client = GraphClient(ray_services[n].namespace)
+        served = draw(client, train, data.num_users)
+        assert sum(len(c) for _, c in served) == len(train)
+        assert leaks(served, lookup, data.num_users) == 0
+        for (a, _), (b, _) in zip(expected, served):
+            for name in ("nodes", "edge_index", "degrees", "sampled", "offsets", "seeds"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        # per-sample components through sample_many equal the batch's
+        parts = list(client.sample_many(((s, i) for i, s in enumerate([[1, 2], [3]])), [5, 2]))
+        assert [p.num_seeds for p in parts] == [2, 1]
+    assert components(expected[:1])[0].num_seeds == 2

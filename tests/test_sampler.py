@@ -62,8 +62,9 @@ def test_fanouts_on_ml100k_graph(ml100k_prepared):
 
 
 def straightforward_merge(sampler, seeds, fanouts, seed):
-    """The k-hop merge written as a loop with a dict (what the vectorised one must equal)."""
-    known, nodes, pairs = {}, [], set()
+    """The k-hop merge written as a loop with a dict (what the vectorised one must equal):
+    one directed edge (neighbour -> the node that drew it) per draw, in draw order."""
+    known, nodes, src, dst = {}, [], [], []
     for s in seeds.tolist():
         if s not in known:
             known[s] = len(nodes)
@@ -79,12 +80,12 @@ def straightforward_merge(sampler, seeds, fanouts, seed):
                 known[n] = len(nodes)
                 nodes.append(n)
                 fresh.append(n)
-            pairs.add((known[p], known[n]))
-            pairs.add((known[n], known[p]))
+            src.append(known[n])
+            dst.append(known[p])
         frontier = fresh
         if not frontier:
             break
-    return np.array(nodes), np.array(sorted(pairs)).T
+    return np.array(nodes), np.array([src, dst])
 
 
 def test_vectorised_merge_equals_a_loop_and_sampling_is_uniform():

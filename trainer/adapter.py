@@ -110,13 +110,6 @@ def load_sasrec(cfg, data, create: bool):
 def prepare_adapter_inputs(cfg, data) -> None:
     """Train and cache what the adapter needs, in the launching process."""
     t = cfg.train
-    if t.adapter == "graphmoe" and data.num_users == 0:
-        from lorarec.core.errors import ConfigError
-
-        raise ConfigError(
-            f"{data.root}: train.adapter=graphmoe gates by the user's graph node, and this data "
-            "has no user ids (the sequences format); use graphlora, ilora or reclora"
-        )
     if t.adapter in SEQUENCE_ADAPTERS:
         load_sasrec(cfg, data, create=True)
     if t.adapter in GRAPH_ADAPTERS:

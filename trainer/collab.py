@@ -2,7 +2,8 @@
 
 The reference pre-trains matrix factorisation; here BPR-trained LightGCN (default) or MF on the
 training graph only (users ``0..U-1``, items ``U..``), full-graph propagation with
-``D^-1/2 A D^-1/2``. The result (the layer-0 embeddings, which the adapter's own graph network
+``D^-1/2 A D^-1/2``. On data without user ids the graph is an item-item transition graph: the
+positives are its edges (an item and the item that followed it), the negatives random items. The result (the layer-0 embeddings, which the adapter's own graph network
 propagates) is cached in ``$LORAREC_HOME/collab/<key>``, keyed by the prepared data's manifest
 and the settings, and computed once in the launching process, before the ranks start.
 """
@@ -44,15 +45,17 @@ def train_collaborative(
     weight_decay: float = 1e-4,
     seed: int = 42,
 ) -> tuple[np.ndarray, dict]:
-    """BPR on the user-item edges; returns the (nodes, dim) embeddings and a summary."""
+    """BPR on the user-item edges (on an item-item graph, ``num_users == 0``: on every edge);
+    returns the (nodes, dim) embeddings and a summary."""
     n = len(indptr) - 1
     g = torch.Generator().manual_seed(seed)
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    user_edges = rows < num_users
+    user_edges = rows < num_users if num_users > 0 else np.ones(len(rows), bool)
     pos_u = torch.as_tensor(rows[user_edges])
     pos_i = torch.as_tensor(np.asarray(indices)[user_edges], dtype=torch.long)
     if len(pos_u) == 0:
-        raise ValueError("the training graph has no user-item edges")
+        what = "user-item" if num_users > 0 else "item-item"
+        raise ValueError(f"the training graph has no {what} edges")
     emb = torch.nn.Parameter(torch.randn(n, dim, generator=g) * 0.1)
     adj = normalised_adjacency(indptr, indices) if kind == "lightgcn" else None
     opt = torch.optim.Adam([emb], lr=lr)

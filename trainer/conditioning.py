@@ -1,17 +1,23 @@
 """Per-batch conditioning of the adapters, built next to the token batch it describes.
 
-* GraphLoRA: placeholder tokens for the user and every item in the prompt; the batch's
-  k-hop neighbourhood of those nodes (``train.graph.fanouts``) from the sampler, with
-  full-graph ``1/sqrt(deg u deg v)`` edge weights; ``node_index`` maps each placeholder token to
-  its subgraph node.
-* GraphMoE: the neighbourhood of the batch's users; ``user_node`` indexes them.
+* GraphLoRA: placeholder tokens for the user and every item in the prompt; each sample's k-hop
+  neighbourhood of its user and those items (``train.graph.fanouts``), edges weighted by
+  ``graphlora.gnn.edge_weights``; ``node_index`` maps each placeholder token to its node.
+* GraphMoE: each sample's neighbourhood of its user (data without users: of the last
+  ``data.history_short`` items of its history, whose states the gate pools); ``user_node``.
 * iLoRA, RecLoRA: the frozen SASRec's representation of each sample's long history
   (``data.history_long`` items); with iLoRA's hybrid prompt, item placeholder tokens and the
   SASRec item table.
 
-Node ids: users ``0..U-1``, items ``U + item``. Neighbourhood sampling is seeded by the caller
-(step and micro-batch in training, sample index in evaluation), so a resumed run and a repeated
-evaluation see the same subgraphs.
+Node ids: users ``0..U-1``, items ``U + item``.
+
+**Per-sample, leak-free neighbourhoods.** Every sample's subgraph is sampled on its own, with a
+seed derived from its key, the run's seed and the epoch (:func:`neighbourhood_seed`; evaluation
+draws as the first epoch does), and with the sample's cut (:func:`sample_cut`: nothing of the
+user's at or after the sample's own interaction, or the sample's own transition on item-item
+graphs); a batch joins the samples' subgraphs as disjoint components for one GNN call. So a
+sample's node states are the same alone or in any batch, in training and in evaluation, and a
+resumed run draws what the interrupted one drew.
 
 Neighbourhoods and long histories come from the graph service's client when the rank has one
 (``graph_service.backend: ray``), else from the in-process sampler and the samples' own
@@ -71,20 +77,48 @@ def placeholder_kinds(cfg) -> frozenset[str]:
     return frozenset()
 
 
+def neighbourhood_seed(key: str, run_seed: int, epoch: int) -> int:
+    """The seed of a sample's neighbourhood draw in ``epoch`` (evaluation: epoch 0)."""
+    from lorarec.graph_service.sampler import sample_seed
+
+    return sample_seed(key, int(run_seed) * 1_000_003 + int(epoch))
+
+
+def sample_cut(sample: dict, num_users: int):
+    """What the sample's neighbourhood must not see (``graph_service.sampler.Cut``): on a
+    user-item graph its user's interactions at or after its own (by timestamp, then item);
+    on an item-item graph (no users) the transition from its history's last item to its
+    target."""
+    from lorarec.graph_service.sampler import NO_CUT, Cut
+
+    user = int(sample.get("user", -1))
+    if num_users > 0:
+        if user < 0 or "timestamp" not in sample:
+            return NO_CUT
+        return Cut(
+            user=user, time=int(sample["timestamp"]), target=num_users + int(sample["target"])
+        )
+    if sample["history"]:
+        return Cut(target=int(sample["target"]), last=int(sample["history"][-1]))
+    return NO_CUT
+
+
 class ConditioningBuilder:
     def __init__(self, cfg, data, sasrec=None, client=None):
         self.adapter = cfg.train.adapter
         self.client = client
         self.kinds = placeholder_kinds(cfg)
         self.num_users = data.num_users
-        if self.adapter == "graphmoe" and self.num_users == 0:
-            raise ValueError(
-                f"{data.root}: graphmoe gates by the user's node, and this data has no user ids"
-            )
+        self.run_seed = cfg.train.seed
+        self.history_short = cfg.data.history_short
         if self.adapter in GRAPH_ADAPTERS:
             from lorarec.graph_service.sampler import NeighborSampler
 
-            self.sampler = client if client is not None else NeighborSampler(*data.graph())
+            if client is None:
+                indptr, indices = data.graph()
+                self.sampler = NeighborSampler(indptr, indices, data.graph_times())
+            else:
+                self.sampler = client
             self.fanouts = list(cfg.train.graph.fanouts)
         if self.adapter in SEQUENCE_ADAPTERS:
             if sasrec is None:
@@ -97,21 +131,46 @@ class ConditioningBuilder:
     def active(self) -> bool:
         return self.adapter != "lora"
 
+    def graph_seeds(self, sample: dict, marks: list[tuple[int, str, int]]) -> list[int]:
+        """The nodes a sample's neighbourhood is sampled around: its user (if any) and the
+        nodes its placeholder tokens stand for (GraphLoRA), or its user (GraphMoE; without
+        users, its last ``history_short`` items)."""
+        user = int(sample["user"])
+        seeds = [user] if user >= 0 else []
+        if self.adapter == "graphmoe" and user < 0:
+            seeds += [self.num_users + int(i) for i in sample["history"][-self.history_short :]]
+        node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
+        return seeds + [node_of[kind](ident) for _, kind, ident in marks]
+
+    def subgraphs(self, samples: list[dict], seeds: list[list[int]], epoch: int):
+        """Each sample's own subgraph (seeded by its key and ``epoch``, with its cut), as the
+        components of one ``Subgraph``."""
+        items = [
+            (
+                np.array(sd, dtype=np.int64),
+                neighbourhood_seed(s["key"], self.run_seed, epoch),
+                sample_cut(s, self.num_users),
+            )
+            for s, sd in zip(samples, seeds)
+        ]
+        return self.sampler.sample_batch(items, self.fanouts)
+
     def build(
         self,
         samples: list[dict],
         marks: list[list[tuple[int, str, int]]],
         lengths: list[int],
         width: int,
-        seed: int,
+        epoch: int = 0,
         left_pad: bool = False,
     ) -> Conditioning | None:
         """Conditioning for a padded batch: ``marks`` and ``lengths`` of each row's tokens,
-        ``width`` the padded length (rows right-padded unless ``left_pad``)."""
+        ``width`` the padded length (rows right-padded unless ``left_pad``); neighbourhoods
+        drawn for ``epoch`` (evaluation: 0)."""
         if not self.active:
             return None
         from lorarec.adapters.conditioning import Conditioning, GraphBatch
-        from lorarec.adapters.graphlora.gnn import symmetric_weights
+        from lorarec.adapters.graphlora.gnn import edge_weights
 
         cond = Conditioning()
         marks = [[mk for mk in m if mk[1] in self.kinds] for m in marks]
@@ -128,23 +187,39 @@ class ConditioningBuilder:
                             index[row, off + pos] = ident
                 cond.item_index, cond.item_table = index, self.item_table
         if self.adapter in GRAPH_ADAPTERS:
-            node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
-            users = [int(s["user"]) for s in samples]
-            seeds = [u for u in users if u >= 0]
-            for m in marks:
-                seeds += [node_of[kind](ident) for _, kind, ident in m]
-            sub = self.sampler.sample(np.array(seeds, dtype=np.int64), self.fanouts, seed)
-            nodes = torch.as_tensor(sub.nodes, dtype=torch.long)
+            seeds = [self.graph_seeds(s, m) for s, m in zip(samples, marks)]
+            sub = self.subgraphs(samples, seeds, epoch)
             edge_index = torch.as_tensor(sub.edge_index, dtype=torch.long)
-            weights = symmetric_weights(edge_index, torch.as_tensor(sub.degrees))
-            cond.graph = GraphBatch(nodes, edge_index, weights)
-            local = {int(n): i for i, n in enumerate(sub.nodes.tolist())}
+            weights = edge_weights(
+                edge_index, torch.as_tensor(sub.degrees), torch.as_tensor(sub.sampled)
+            )
+            cond.graph = GraphBatch(
+                torch.as_tensor(sub.nodes, dtype=torch.long), edge_index, weights
+            )
+            # a sample's seeds are the first nodes of its component, in first-seen order
+            local = []
+            for row in range(len(samples)):
+                base = int(sub.offsets[row])
+                own = sub.nodes[base : base + int(sub.seeds[row])].tolist()
+                local.append((base, {int(n): i for i, n in enumerate(own)}))
             if self.adapter == "graphmoe":
-                cond.user_node = torch.tensor([local[u] for u in users], dtype=torch.long)
+                if self.num_users > 0:
+                    cond.user_node = torch.tensor(
+                        [off + first[int(s["user"])] for s, (off, first) in zip(samples, local)],
+                        dtype=torch.long,
+                    )
+                else:  # the history's item nodes, pooled by the gate
+                    m = max(1, max(len(sd) for sd in seeds))
+                    index = torch.full((len(samples), m), -1, dtype=torch.long)
+                    for row, (sd, (off, first)) in enumerate(zip(seeds, local)):
+                        for j, n in enumerate(sd):
+                            index[row, j] = off + first[n]
+                    cond.user_node = index
             index = torch.full((len(samples), width), -1, dtype=torch.long)
-            for row, (m, off) in enumerate(zip(marks, offsets)):
+            node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
+            for row, (m, off, (base, first)) in enumerate(zip(marks, offsets, local)):
                 for pos, kind, ident in m:
-                    index[row, off + pos] = local[node_of[kind](ident)]
+                    index[row, off + pos] = base + first[node_of[kind](ident)]
             cond.node_index = index
         return cond
 

@@ -2,14 +2,36 @@
 
 ``next_item`` is scored two ways:
 
-* **likelihood**: every candidate title is scored by the mean per-token log-probability of
-  its tokens after the prompt. The prompt runs once; its KV cache is repeated for the K
-  candidates, which then run as one batch. Valid by construction; gives HR@k, NDCG@k, MRR.
+* **likelihood**: every candidate is scored by the mean per-token log-probability of its
+  answer tokens after the prompt: exactly the tokens training computes its loss on when the
+  candidate is the target (``ExampleBuilder.answer_ids``: `` <title>`` tokenised alone, then
+  the end-of-sequence token, which is scored too). The prompt runs once; its KV cache is
+  repeated for the K candidates, which then run as one batch. Valid by construction; gives
+  HR@k, NDCG@k, MRR.
 * **generation** (LLaRA): greedy decoding; an answer is valid if exactly one candidate title
   occurs in it. HR@1 = correct / valid, ValidRatio = valid / all.
 
-``ctr`` uses P(Yes) = softmax over the logits of the " Yes" and " No" tokens: AUC, UAUC,
-log loss. Every figure carries a bootstrap 95% interval.
+``ctr`` uses P(Yes) = softmax over the two whole answers' log-probabilities: the sum of the
+token log-probabilities of `` Yes`` + EOS and of `` No`` + EOS after the prompt (the answer
+tokens training uses), so multi-token answers (byte-level tokenizers) are told apart; a
+tokenizer that gives both answers the same tokens is refused at start-up. Left-padded prompts
+run as one batch; their KV cache is repeated for the two answers. AUC, UAUC, log loss.
+
+Every figure carries a percentile bootstrap 95% interval. A NaN or infinite score is an error
+naming the method and the sample. Methods evaluated on the same samples are compared by a
+paired bootstrap (:func:`lorarec.trainer.metrics.paired_diff`, the same resampled samples for
+both): each method's entry in ``results.json`` has ``vs_best_baseline: {metric: [diff, lo,
+hi]}`` against ``best_baseline``, the baseline on the same samples with the best main metric
+(NDCG@10 for ``next_item``, AUC for ``ctr``).
+
+Per-sample values, for comparisons across runs (``bench/quality.py`` pairs two runs by sample
+key), are kept inside ``results.json``: every method's entry has ``per_sample``, columns of
+equal length, ``key`` (the sample keys) and
+
+* ranking methods: ``rank`` (0-based, pessimistic on ties; every ranking metric is a function
+  of it, :data:`lorarec.trainer.metrics.RANKING_METRICS`);
+* generation: ``valid`` and ``correct`` (0 or 1);
+* ``ctr``: ``user``, ``label`` and ``score`` (P(Yes) for the LLM, the baseline's score).
 """
 
 from __future__ import annotations
@@ -23,10 +45,10 @@ import numpy as np
 import torch
 
 from lorarec.core.config import RunConfig
-from lorarec.core.errors import DataError
+from lorarec.core.errors import ConfigError, DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
-from lorarec.trainer.prompts import CTR_ANSWERS, answer_text, encode
+from lorarec.trainer.prompts import CTR_ANSWERS, ctr_answer_ids
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +85,43 @@ def candidate_log_likelihoods(
 
 
 def _candidate_log_likelihoods(model, prompt_ids, candidate_ids, device) -> np.ndarray:
-    k = len(candidate_ids)
     prompt = torch.tensor([prompt_ids], device=device)
-    out = model(input_ids=prompt, use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # scores every first token
+    total = continuation_log_likelihoods(model, prompt, torch.ones_like(prompt), candidate_ids)
+    lengths = torch.tensor([len(c) for c in candidate_ids], device=device)
+    return (total[0] / lengths).cpu().numpy()
+
+
+def continuation_log_likelihoods(
+    model, ids: torch.Tensor, mask: torch.Tensor, continuations: list[list[int]]
+) -> torch.Tensor:
+    """(B, K) sums of the token log-probabilities of each of the K ``continuations`` after
+    each of the B left-padded prompts ``ids`` (``mask``: 1 on prompt tokens).
+
+    One forward over the prompts; their KV cache is repeated for the continuations, which run
+    as one right-padded batch of B*K rows (positions continue each prompt's own length)."""
+    device = ids.device
+    b, k = ids.shape[0], len(continuations)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # scores every first token
     cache = out.past_key_values
     cache.batch_repeat_interleave(k)
-    lengths = torch.tensor([len(c) for c in candidate_ids], device=device)
-    width = int(lengths.max())
-    ids = torch.zeros(k, width, dtype=torch.long, device=device)
-    mask = torch.zeros(k, width, dtype=torch.long, device=device)
-    for row, cand in enumerate(candidate_ids):
-        ids[row, : len(cand)] = torch.tensor(cand, device=device)
-        mask[row, : len(cand)] = 1
-    attention = torch.cat(
-        [torch.ones(k, len(prompt_ids), dtype=torch.long, device=device), mask], dim=1
-    )
-    logits = model(input_ids=ids, attention_mask=attention, past_key_values=cache).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-    total = first[ids[:, 0]] + (logp * mask[:, 1:]).sum(dim=1)
-    return (total / lengths).cpu().numpy()
+    width = max(len(c) for c in continuations)
+    cont = torch.zeros(k, width, dtype=torch.long, device=device)
+    cont_mask = torch.zeros(k, width, dtype=torch.long, device=device)
+    for row, c in enumerate(continuations):
+        cont[row, : len(c)] = torch.tensor(c, device=device)
+        cont_mask[row, : len(c)] = 1
+    cont, cont_mask = cont.repeat(b, 1), cont_mask.repeat(b, 1)  # row i*k + j: prompt i, cont j
+    attention = torch.cat([mask.repeat_interleave(k, dim=0), cont_mask], dim=1)
+    start = mask.sum(1).repeat_interleave(k)[:, None]
+    pos = start + torch.arange(width, device=device)[None]
+    logits = model(
+        input_ids=cont, attention_mask=attention, position_ids=pos, past_key_values=cache
+    ).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, cont[:, 1:, None])[..., 0]
+    head = first.repeat_interleave(k, dim=0).gather(1, cont[:, :1])[:, 0]
+    return (head + (logp * cont_mask[:, 1:]).sum(dim=1)).view(b, k)
 
 
 @torch.no_grad()
@@ -147,6 +186,17 @@ def parse_answer(answer: str, candidate_titles: list[str]) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
+def check_ctr_answers(answers: tuple[list[int], list[int]]) -> None:
+    """Refuse a tokenizer whose two CTR answers have the same tokens (P(Yes) would be 1/2)."""
+    yes, no = answers
+    if list(yes) == list(no):
+        raise ConfigError(
+            f"the backbone's tokenizer gives the CTR answers {CTR_ANSWERS[0]!r} and "
+            f"{CTR_ANSWERS[1]!r} the same tokens {list(yes)}: P(Yes) cannot be scored; use a "
+            "backbone whose tokenizer tells them apart"
+        )
+
+
 @torch.no_grad()
 def yes_probabilities(
     model,
@@ -154,27 +204,25 @@ def yes_probabilities(
     prompts: list[list[int]],
     batch_size: int = 8,
     condition: Condition | None = None,
+    answers: tuple[list[int], list[int]] | None = None,
 ) -> np.ndarray:
+    """P(Yes) of each prompt: the softmax over the log-probabilities of the two whole answer
+    token sequences ``answers`` (default: `` Yes`` + EOS and `` No`` + EOS, the tokens training
+    uses) after the prompt. Prompts run left-padded, ``batch_size`` at a time."""
     device = next(model.parameters()).device
-    yes, no = (encode(tokenizer, a)[0] for a in CTR_ANSWERS)
+    answers = ctr_answer_ids(tokenizer) if answers is None else answers
+    check_ctr_answers(answers)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     probs = []
     for start in range(0, len(prompts), batch_size):
         rows = list(range(start, min(start + batch_size, len(prompts))))
         ids, mask = _left_pad([prompts[i] for i in rows], pad)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
         cond = condition(rows, ids.shape[1], True) if condition else None
         with _bound(model, cond, device):
-            logits = (
-                model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                )
-                .logits[:, -1]
-                .float()
+            logp = continuation_log_likelihoods(
+                model, ids.to(device), mask.to(device), [list(a) for a in answers]
             )
-        probs.append(torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].cpu().numpy())
+        probs.append(torch.softmax(logp, dim=-1)[:, 0].cpu().numpy())
     return np.concatenate(probs)
 
 
@@ -219,43 +267,40 @@ def evaluate_llm(
                 [built[i][1] for i in rows],
                 [len(prompts[i]) for i in rows],
                 width,
-                seed=cfg.eval.seed * 1_000_003 + rows[0],
+                epoch=0,  # each sample's own neighbourhood, drawn as in training's first epoch
                 left_pad=left_pad,
             )
 
     out: dict[str, Any] = {}
+    keys = [s["key"] for s in samples]
     if data.task.startswith("ctr"):
-        probs = yes_probabilities(model, tokenizer, prompts, condition=condition)
+        answers = ctr_answers(builder)
+        check_ctr_answers(answers)
+        probs = yes_probabilities(model, tokenizer, prompts, condition=condition, answers=answers)
+        users = np.array([s["user"] for s in samples])
+        labels = np.array([s["label"] for s in samples])
         out[f"{label}"] = {
             "n": len(samples),
             "metrics": M.ctr_report(
-                np.array([s["user"] for s in samples]),
-                np.array([s["label"] for s in samples]),
-                probs,
-                cfg.eval.bootstrap,
-                cfg.eval.seed,
+                users, labels, probs, cfg.eval.bootstrap, cfg.eval.seed, keys=keys, method=label
             ),
+            "per_sample": ctr_per_sample(keys, users, labels, probs),
         }
         return out
     target_index = np.array([s["candidates"].index(s["target"]) for s in samples])
     if "likelihood" in cfg.eval.llm_methods:
-        title_ids: dict[int, list[int]] = {}
-        for s in samples:
-            for c in s["candidates"]:
-                if c not in title_ids:
-                    title_ids[c] = encode(tokenizer, answer_text(titles[c]))
         scores = []
         for row, (s, p) in enumerate(
             tqdm(list(zip(samples, prompts)), desc=f"{label} likelihood", disable=not progress)
         ):
             cond = condition([row], len(p), False) if condition else None
-            scores.append(
-                candidate_log_likelihoods(model, p, [title_ids[c] for c in s["candidates"]], cond)
-            )
-        ranks = M.target_ranks(np.stack(scores), target_index)
-        out[f"{label} (likelihood)"] = {
+            scores.append(candidate_log_likelihoods(model, p, candidate_answers(builder, s), cond))
+        name = f"{label} (likelihood)"
+        ranks = M.target_ranks(np.stack(scores), target_index, keys=keys, method=name)
+        out[name] = {
             "n": len(samples),
             "metrics": M.ranking_report(ranks, cfg.eval.bootstrap, cfg.eval.seed),
+            "per_sample": {"key": keys, "rank": ranks.tolist()},
         }
     if "generation" in cfg.eval.llm_methods:
         answers = greedy_answers(
@@ -283,8 +328,33 @@ def evaluate_llm(
             "examples": [
                 {"key": s["key"], "answer": a} for s, a in list(zip(samples, answers))[:5]
             ],
+            "per_sample": {
+                "key": keys,
+                "valid": valid.astype(int).tolist(),
+                "correct": correct.astype(int).tolist(),
+            },
         }
     return out
+
+
+def candidate_answers(builder, sample: dict) -> list[list[int]]:
+    """The answer tokens likelihood ranking scores for each candidate of ``sample``: those
+    training computes its loss on when that candidate is the target (EOS included)."""
+    return [builder.answer_ids({**sample, "target": c}) for c in sample["candidates"]]
+
+
+def ctr_answers(builder) -> tuple[list[int], list[int]]:
+    """The answer tokens of a positive and of a negative CTR sample, as training builds them."""
+    return builder.answer_ids({"label": 1}), builder.answer_ids({"label": 0})
+
+
+def ctr_per_sample(keys, users, labels, scores) -> dict[str, list]:
+    return {
+        "key": list(keys),
+        "user": np.asarray(users).tolist(),
+        "label": np.asarray(labels).tolist(),
+        "score": np.asarray(scores, dtype=np.float64).tolist(),
+    }
 
 
 def evaluate_baselines(
@@ -295,7 +365,6 @@ def evaluate_baselines(
     progress: bool = True,
 ) -> dict[str, Any]:
     from lorarec.trainer.baselines import item_popularity, popularity_scores, random_scores
-    from lorarec.trainer.sasrec import evaluate_ranks
 
     out: dict[str, Any] = {}
     cached: list[list[dict]] = []
@@ -321,12 +390,12 @@ def evaluate_baselines(
                     tgt = model.item_embeddings()[torch.tensor([s["target"] for s in samples])]
                     scores = torch.sigmoid((rep * tgt).sum(-1)).numpy()[:, None]
             else:
-                ranks = evaluate_ranks(model, samples)
-                scores = None
+                scores = sasrec_candidate_scores(model, samples)
         rows = {name: np.arange(len(samples))}
         if subset is not None and len(subset) < len(samples):
             rows[f"{name} (llm subset)"] = subset
         for label, idx in rows.items():
+            keys = [samples[i]["key"] for i in idx]
             if is_ctr:
                 users = np.array([samples[i]["user"] for i in idx])
                 labels = np.array([samples[i]["label"] for i in idx])
@@ -337,18 +406,37 @@ def evaluate_baselines(
                     if s.ndim == 2 and s.shape[1] == 1
                     else s[np.arange(len(idx)), target_index[idx]]
                 )
-                metrics = M.ctr_report(users, labels, probs, cfg.eval.bootstrap, cfg.eval.seed)
+                metrics = M.ctr_report(
+                    users, labels, probs, cfg.eval.bootstrap, cfg.eval.seed, keys, label
+                )
                 if name != "sasrec":
                     metrics.pop("logloss")
+                per_sample = ctr_per_sample(keys, users, labels, probs)
             else:
-                r = ranks[idx] if scores is None else M.target_ranks(scores[idx], target_index[idx])
+                r = M.target_ranks(scores[idx], target_index[idx], keys=keys, method=label)
                 metrics = M.ranking_report(r, cfg.eval.bootstrap, cfg.eval.seed)
+                per_sample = {"key": keys, "rank": r.tolist()}
             out[label] = {
                 "n": int(len(idx)),
                 "metrics": metrics,
                 **({"train": extra} if extra and label == name else {}),
+                "per_sample": per_sample,
             }
     return out
+
+
+@torch.no_grad()
+def sasrec_candidate_scores(model, samples: list[dict], batch_size: int = 512) -> np.ndarray:
+    """(N, K) SASRec scores of each sample's candidates."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        cands = torch.tensor([s["candidates"] for s in batch])
+        scores.append(model.score([s["history"] for s in batch], cands).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(scores)
 
 
 def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:
@@ -414,6 +502,7 @@ def run_evaluation(
         "methods": {},
     }
     results["methods"].update(evaluate_baselines(data, cfg, samples, subset, progress))
+    baselines = set(results["methods"])
     if llm:
         from lorarec.trainer.backbone import load_backbone
 
@@ -437,7 +526,93 @@ def run_evaluation(
                 conditioning=conditioning,
             )
         )
+    add_baseline_comparisons(
+        results["methods"], baselines, data.task, cfg.eval.bootstrap, cfg.eval.seed
+    )
     return results
+
+
+# ------------------------------------------------------------------ paired comparisons
+
+
+def main_metric(task: str) -> str:
+    """The metric the best baseline is chosen by: AUC for ``ctr``, NDCG@10 for ``next_item``."""
+    return "auc" if task.startswith("ctr") else "ndcg@10"
+
+
+def metric_statistic(entry: dict, metric: str) -> tuple[Callable[..., float], list] | None:
+    """How a method's ``metric`` is computed from its ``per_sample`` columns:
+    ``(statistic, arrays)``, or None where the method does not report ``metric``."""
+    ps = entry.get("per_sample")
+    if ps is None or metric not in entry["metrics"]:
+        return None
+    if "rank" in ps and metric in M.RANKING_METRICS:
+        return M.mean, [M.RANKING_METRICS[metric](np.asarray(ps["rank"]))]
+    if "valid" in ps:
+        valid, correct = (np.asarray(ps[c], dtype=np.float64) for c in ("valid", "correct"))
+        return {"hr@1": (M.ratio, [correct, valid]), "valid_ratio": (M.mean, [valid])}.get(metric)
+    if "score" in ps:
+        users, labels = np.asarray(ps["user"]), np.asarray(ps["label"])
+        score = np.asarray(ps["score"], dtype=np.float64)
+        return {
+            "auc": (M.auc, [labels, score]),
+            "uauc": (M.uauc, [users, labels, score]),
+            "logloss": (M.log_loss, [labels, score]),
+        }.get(metric)
+    return None
+
+
+def paired_comparison(
+    a: dict, b: dict, n_resamples: int = 1000, seed: int = 0, metrics: list[str] | None = None
+) -> dict[str, list[float]]:
+    """``{metric: [diff, lo, hi]}``: method ``a`` minus method ``b`` (two entries of
+    ``results["methods"]``, possibly from two runs) for each metric both report (or those of
+    ``metrics``), by a paired bootstrap over their samples, paired by sample key. Raises
+    ValueError if the two were not evaluated on the same samples."""
+    keys_a, keys_b = a["per_sample"]["key"], b["per_sample"]["key"]
+    if sorted(keys_a) != sorted(keys_b):
+        raise ValueError(
+            f"paired comparison: the methods were evaluated on different samples "
+            f"({len(keys_a)} and {len(keys_b)} samples, {len(set(keys_a) & set(keys_b))} shared)"
+        )
+    where = {k: i for i, k in enumerate(keys_b)}
+    order = [where[k] for k in keys_a]
+    b = {**b, "per_sample": {c: [v[i] for i in order] for c, v in b["per_sample"].items()}}
+    out = {}
+    for metric in metrics if metrics is not None else list(a["metrics"]):
+        sa, sb = metric_statistic(a, metric), metric_statistic(b, metric)
+        if sa is None or sb is None:
+            continue
+        out[metric] = list(M.paired_diff((sa[0], sb[0]), sa[1], sb[1], n_resamples, seed))
+    return out
+
+
+def add_baseline_comparisons(
+    methods: dict[str, dict], baselines: set[str], task: str, n_resamples: int, seed: int
+) -> None:
+    """Give every method ``best_baseline`` (the baseline evaluated on the same samples with the
+    best main metric) and ``vs_best_baseline`` (the paired difference against it, per metric)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, entry in methods.items():
+        if "per_sample" in entry:
+            groups.setdefault(tuple(sorted(entry["per_sample"]["key"])), []).append(name)
+    main = main_metric(task)
+
+    def value(name: str) -> float:
+        m = methods[name]["metrics"].get(main)
+        v = None if m is None else m["value"]
+        return float("nan") if v is None else float(v)
+
+    for names in groups.values():
+        candidates = [n for n in names if n in baselines and np.isfinite(value(n))]
+        if not candidates:
+            continue
+        best = max(candidates, key=value)
+        for name in names:
+            methods[name]["best_baseline"] = best
+            methods[name]["vs_best_baseline"] = paired_comparison(
+                methods[name], methods[best], n_resamples, seed
+            )
 
 
 def load_adapter(model, adapter: str, cfg: RunConfig, data: PreparedData):
@@ -487,12 +662,25 @@ def results_table(results: dict[str, Any]) -> str:
         + " |",
         "|---|---:|" + "---:|" * len(cols),
     ]
+    main = main_metric(results["task"])
+    paired = any("vs_best_baseline" in r for r in results["methods"].values())
+    if paired:
+        lines[2] += f" {main.upper()} vs best baseline (paired diff) |"
+        lines[3] += "---:|"
+    bests: dict[str, int] = {}
     for name, res in results["methods"].items():
         cells = []
         for c in cols:
             m = res["metrics"].get(c)
             cells.append("" if m is None else _cell(m))
+        if paired:
+            cells.append(_diff_cell(res.get("vs_best_baseline", {}), main))
+            if "best_baseline" in res:
+                bests[res["best_baseline"]] = res["n"]
         lines.append(f"| {name} | {res['n']} | " + " | ".join(cells) + " |")
+    if bests:
+        lines += ["", "Paired differences (method minus the best baseline on the same samples):"]
+        lines += [f"- against {b} ({n} samples)" for b, n in bests.items()]
     return "\n".join(lines)
 
 
@@ -501,3 +689,21 @@ def _cell(m: dict) -> str:
     if value is None or value != value:
         return "n/a"
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def diff_text(d: list | None) -> str:
+    """``diff [lo, hi]`` of a paired difference ``[diff, lo, hi]``, signed."""
+    if d is None:
+        return ""
+    if any(x is None or x != x for x in d):
+        return "n/a"
+    return f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+
+
+def _diff_cell(diffs: dict, main: str) -> str:
+    """The main metric's paired difference (HR@1's, named, for generation)."""
+    if main in diffs:
+        return diff_text(diffs[main])
+    if "hr@1" in diffs:
+        return "HR@1 " + diff_text(diffs["hr@1"])
+    return ""

@@ -2,6 +2,11 @@
 
 Ranks are 0-based positions of the target among the candidates, counted pessimistically:
 a candidate that ties with the target is ranked ahead of it, so ties never inflate a score.
+A NaN or infinite score is an error (:func:`check_scores`), never a rank or a probability.
+
+Intervals are plain percentile bootstraps (never widened: the interval of a skewed statistic
+may exclude its point estimate). :func:`paired_diff` compares two methods evaluated on the
+same samples by resampling the same sample indices for both.
 """
 
 from __future__ import annotations
@@ -11,8 +16,36 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-def target_ranks(scores: np.ndarray, target_index: np.ndarray) -> np.ndarray:
-    """0-based rank of the target in each row of ``scores`` (N, K): higher score ranks first."""
+def check_scores(scores: np.ndarray, keys: Sequence[str] | None = None, method: str = "scores"):
+    """Raise ValueError, naming ``method`` and the samples (``keys``: one per row of
+    ``scores``), if a score is NaN or infinite."""
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.ndim > 1:
+        bad = bad.reshape(len(scores), -1).any(axis=1)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    names = [str(keys[i]) if keys is not None else f"row {i}" for i in rows[:5]]
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    first = scores[rows[0]]
+    value = first[~np.isfinite(first)][0] if np.ndim(first) else first
+    raise ValueError(
+        f"{method}: non-finite score ({value}) for sample {', '.join(names)}{more} "
+        f"({len(rows)} of {len(scores)} samples)"
+    )
+
+
+def target_ranks(
+    scores: np.ndarray,
+    target_index: np.ndarray,
+    keys: Sequence[str] | None = None,
+    method: str = "scores",
+) -> np.ndarray:
+    """0-based rank of the target in each row of ``scores`` (N, K): higher score ranks first.
+
+    A NaN or infinite score raises ValueError naming ``method`` and the sample's key."""
+    check_scores(scores, keys, method)
     scores = np.asarray(scores, dtype=np.float64)
     target_index = np.asarray(target_index)
     t = scores[np.arange(len(scores)), target_index][:, None]
@@ -39,39 +72,44 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
     NaN when only one class is present.
     """
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # average 1-based rank within each group of equal scores
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    labels = np.asarray(labels)
+    values, defined = _group_aucs(np.zeros(len(labels), dtype=np.int64), labels, scores)
+    return float(values[0]) if defined[0] else float("nan")
 
 
 def uauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     """Per-user AUC averaged over the users that have both a positive and a negative sample."""
-    users = np.asarray(users)
-    labels = np.asarray(labels)
-    scores = np.asarray(scores)
-    values = []
-    order = np.argsort(users, kind="mergesort")
-    u_sorted = users[order]
-    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    for s, e in zip(starts, ends):
-        idx = order[s:e]
-        value = auc(labels[idx], scores[idx])
-        if not np.isnan(value):
-            values.append(value)
-    return float(np.mean(values)) if values else float("nan")
+    values, defined = _group_aucs(users, labels, scores)
+    return float(np.mean(values[defined])) if defined.any() else float("nan")
+
+
+def _group_aucs(groups, labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """The AUC of each group (ascending group order) and whether it is defined (both classes),
+    vectorised: average 1-based ranks of the scores within each group, ties averaged."""
+    groups = np.asarray(groups)
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(groups)
+    if n == 0:
+        return np.zeros(1), np.zeros(1, dtype=bool)
+    order = np.lexsort((scores, groups))  # by group, then by score
+    g, s, y = groups[order], scores[order], labels[order]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_id = np.cumsum(new_group) - 1
+    group_start = np.flatnonzero(new_group)
+    new_tie = new_group | np.r_[True, s[1:] != s[:-1]]
+    tie_id = np.cumsum(new_tie) - 1
+    tie_start = np.flatnonzero(new_tie)
+    tie_end = np.r_[tie_start[1:], n]
+    offset = group_start[group_id[tie_start]]
+    ranks = ((tie_start - offset + 1 + tie_end - offset) / 2.0)[tie_id]
+    n_pos = np.bincount(group_id, weights=y.astype(np.float64))
+    n_neg = np.bincount(group_id).astype(np.float64) - n_pos
+    rank_sum = np.bincount(group_id, weights=np.where(y, ranks, 0.0))
+    defined = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return values, defined
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
@@ -104,17 +142,64 @@ def bootstrap_ci(
         v = statistic(*(a[idx] for a in arrays))
         if not np.isnan(v):
             values.append(v)
+    return _percentile_interval(point, values, confidence)
+
+
+def paired_diff(
+    stat: Callable[..., float] | tuple[Callable[..., float], Callable[..., float]],
+    a_arrays: Sequence[np.ndarray],
+    b_arrays: Sequence[np.ndarray],
+    n: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """``stat(*a_arrays) - stat(*b_arrays)`` and its paired percentile bootstrap interval.
+
+    Both methods were evaluated on the same samples (row ``i`` of every array is sample ``i``);
+    each resample draws one set of sample indices and recomputes the statistic of both methods
+    on it, so the interval is that of the difference, not of two independent estimates.
+    ``stat`` may be a pair ``(stat_a, stat_b)`` when the two methods' per-sample values differ
+    in kind (e.g. generation's correct/valid against a ranking's hits). Resamples where either
+    statistic is undefined (NaN) are dropped. A method against itself gives exactly (0, 0, 0).
+    """
+    stat_a, stat_b = stat if isinstance(stat, tuple) else (stat, stat)
+    a_arrays = [np.asarray(x) for x in a_arrays]
+    b_arrays = [np.asarray(x) for x in b_arrays]
+    size = len(a_arrays[0])
+    if size == 0:
+        raise ValueError("paired bootstrap of an empty sample")
+    if any(len(x) != size for x in a_arrays + b_arrays):
+        raise ValueError("paired bootstrap: both methods need the same samples, row for row")
+    point = float(stat_a(*a_arrays)) - float(stat_b(*b_arrays))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, size, size=size)
+        v = float(stat_a(*(x[idx] for x in a_arrays))) - float(stat_b(*(x[idx] for x in b_arrays)))
+        if not np.isnan(v):
+            values.append(v)
+    return _percentile_interval(point, values, confidence)
+
+
+def _percentile_interval(point: float, values: list[float], confidence: float):
+    """``(point, lo, hi)``: the percentile interval of the bootstrap ``values`` (NaN, NaN when
+    no resample was defined). Never widened to hold ``point``."""
     if not values:
         return point, float("nan"), float("nan")
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-    # The percentile interval of a skewed statistic can miss the point estimate by a hair;
-    # widen it to always contain the estimate.
-    return point, float(min(lo, point)), float(max(hi, point))
+    return point, float(lo), float(hi)
 
 
 def mean(x: np.ndarray) -> float:
     return float(np.mean(x))
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """``sum(numerator) / sum(denominator)``; NaN when the denominator sums to 0 (e.g.
+    generation's HR@1 = correct / valid)."""
+    d = float(np.sum(denominator))
+    return float(np.sum(numerator)) / d if d else float("nan")
 
 
 RANKING_METRICS = {
@@ -136,9 +221,17 @@ def ranking_report(ranks: np.ndarray, n_resamples: int = 1000, seed: int = 0) ->
 
 
 def ctr_report(
-    users: np.ndarray, labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000, seed: int = 0
+    users: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    keys: Sequence[str] | None = None,
+    method: str = "scores",
 ) -> dict[str, dict]:
-    """AUC, UAUC and log loss with bootstrap 95% intervals."""
+    """AUC, UAUC and log loss with bootstrap 95% intervals. A NaN or infinite score raises
+    ValueError naming ``method`` and the sample's key (``keys``)."""
+    check_scores(probs, keys, method)
     out = {}
     for name, fn, arrays in (
         ("auc", auc, [labels, probs]),

@@ -6,7 +6,8 @@
   target title; the answer is `` Yes`` or `` No``.
 
 Prompt and answer are tokenised separately and concatenated, in training and in evaluation
-alike, so that the answer tokens scored at evaluation are the ones trained on.
+alike, so that the answer tokens scored at evaluation are the ones trained on: the answer is
+``encode(answer text) + [eos]`` (:func:`answer_ids`), end-of-sequence token included.
 """
 
 from __future__ import annotations
@@ -139,3 +140,15 @@ CTR_ANSWERS = (" Yes", " No")
 
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(tokenizer, text: str) -> list[int]:
+    """The tokens of an answer as trained on and scored: ``text`` (tokenised alone, after the
+    prompt) followed by the end-of-sequence token."""
+    return encode(tokenizer, text) + [tokenizer.eos_token_id]
+
+
+def ctr_answer_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The token sequences of the CTR answers `` Yes`` and `` No`` (EOS included)."""
+    yes, no = (answer_ids(tokenizer, a) for a in CTR_ANSWERS)
+    return yes, no

@@ -227,7 +227,7 @@ class LoraRecipe:
     def attach_adapter(self, model):
         return attach_adapter(model, self.cfg, self.data)
 
-    def batch(self, samples: list[dict], weights: list[float] | None, seed: int):
+    def batch(self, samples: list[dict], weights: list[float] | None, epoch: int):
         """Token tensors and the adapter's conditioning for one micro-batch."""
         examples = [self.builder.build(x) for x in samples]
         batch = collate(examples, self.tokenizer.pad_token_id, weights=weights)
@@ -236,7 +236,7 @@ class LoraRecipe:
             [e.marks for e in examples],
             [len(e.input_ids) for e in examples],
             batch["input_ids"].shape[1],
-            seed=seed,
+            epoch=epoch,
         )
         return batch, cond
 
@@ -312,18 +312,16 @@ class LoraRecipe:
 
     def build_step(self, planned):
         """This rank's micro-batches of one step, with their conditioning."""
-        global_step, step = planned
-        s = self.strategy
+        _, step = planned
         start = time.perf_counter()
         batches = []
-        for m, micro in enumerate(step.mine):
-            # neighbourhood sampling seeded by the step and the slot: a resumed run repeats it
-            seed = (self.cfg.train.seed * 1_000_003 + global_step) * 4099 + m * s.world_size
-            seed += s.rank
+        for micro in step.mine:
+            # each sample's neighbourhood is seeded by its key and the epoch (conditioning.py),
+            # so a resumed run draws what the interrupted one drew
             if micro:
-                batches.append(self.batch(micro, None, seed))
+                batches.append(self.batch(micro, None, step.epoch))
             else:  # an empty slot of the last step: a zero-weight placeholder keeps the ranks in step
-                batches.append(self.batch([step.slots[0][0]], [0.0], seed))
+                batches.append(self.batch([step.slots[0][0]], [0.0], step.epoch))
         return step, batches, time.perf_counter() - start
 
     def train_step(self, step, batches, since: float, build_seconds: float) -> dict[str, Any]:
@@ -416,7 +414,7 @@ class LoraRecipe:
         module = self.engine.module
         module.eval()
         probe_samples = self.data.samples("test")[:2]
-        probe, cond = self.batch(probe_samples, None, seed=self.cfg.train.seed)
+        probe, cond = self.batch(probe_samples, None, epoch=0)
         extra = {} if cond is None else {"conditioning": cond.to(s.device)}
         with torch.no_grad():
             logits = self.engine(

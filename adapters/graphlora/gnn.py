@@ -2,10 +2,18 @@
 over the batch's sampled subgraph -> rank-r node states ``g(node)``.
 
 LightGCN (default): ``e^(k+1) = D^-1/2 A D^-1/2 e^(k)`` (PyG ``LGConv`` with the normalisation
-given as edge weights), the mean of ``e^(0..K)``, then a linear map to rank ``r``. The weights use
-the degrees of the whole training graph (passed in), not of the sampled subgraph, so a node's
-state does not depend on how many of its neighbours were sampled. GCN (``GCNConv``) and NGCF
-are options.
+given as edge weights), the mean of ``e^(0..K)``, then a linear map to rank ``r``. GCN
+(``GCNConv``) and NGCF are options.
+
+The subgraph is sampled (``train.graph.fanouts``): a node ``v`` that drew ``k_v`` of its ``d_v``
+neighbours receives one directed message from each, weighted
+``1/sqrt(d_u d_v) * d_v / k_v`` (:func:`edge_weights`). The degrees are those of the whole
+training graph (less what the sample's leak-free cut hides), and the ``d_v / k_v`` factor makes
+the sampled sum an unbiased estimate of the full-neighbourhood one: equal to it when
+``k_v = d_v`` (fanout at least the degree), and equal in expectation over the draws otherwise
+(for two layers exactly: the draws of different nodes and hops are independent). A node's
+state therefore does not scale with the fanout. States are exact for the seeds (the placeholder
+nodes) when the network has at most as many layers as the sampler has hops.
 """
 
 from __future__ import annotations
@@ -86,8 +94,9 @@ class GraphEncoder(nn.Module):
     def forward(
         self, nodes: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor
     ) -> torch.Tensor:
-        """``nodes`` (N,) global ids of the subgraph, ``edge_index`` (2, E) local, ``edge_weight``
-        (E,) = 1/sqrt(deg(u) deg(v)) over the full training graph. Returns (N, rank)."""
+        """``nodes`` (N,) global ids of the subgraph, ``edge_index`` (2, E) local, directed
+        (neighbour -> node that drew it), ``edge_weight`` (E,) from :func:`edge_weights`.
+        Returns (N, rank)."""
         x = self.embedding(nodes)
         if self.text_features is not None:
             x = torch.cat([x, self.text_features[nodes].to(x.dtype)], dim=-1)
@@ -104,8 +113,14 @@ class GraphEncoder(nn.Module):
         return self.out(h)
 
 
-def symmetric_weights(edge_index: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """``1 / sqrt(deg(u) deg(v))`` for each edge, from full-graph degrees indexed like
-    ``edge_index`` (global ids with a whole-graph table, or local ids with the subgraph's)."""
+def edge_weights(
+    edge_index: torch.Tensor, degrees: torch.Tensor, sampled: torch.Tensor
+) -> torch.Tensor:
+    """The weight of each directed edge ``u -> v`` (``edge_index[0]`` the neighbour,
+    ``edge_index[1]`` the node that drew it): ``1/sqrt(d_u d_v) * d_v / k_v``, with ``d`` the
+    (leak-free) full-graph degrees and ``k`` the number of neighbours each node drew, indexed
+    like ``edge_index``. See the module docstring."""
     d = degrees.float().clamp(min=1)
-    return (d[edge_index[0]] * d[edge_index[1]]).rsqrt()
+    k = sampled.float().clamp(min=1)
+    src, dst = edge_index[0], edge_index[1]
+    return (d[src] * d[dst]).rsqrt() * d[dst] / k[dst]

@@ -6,15 +6,18 @@
 iLoRA's batched experts (``E`` of rank ``r / E``, ``s = alpha / r``), with the gate computed from
 the user's node state of GraphLoRA's graph network over the batch's sampled subgraph instead of
 the sequence recommender: graph structure chooses the experts. The graph network's output is
-``node_dim_out`` wide (default ``r``); one gate vector per sample, shared by all layers.
+``node_dim_out`` wide (default ``r``); one gate vector per sample, shared by all layers. On data
+without user ids (an item-item transition graph) the gate reads the mean state of the history's
+item nodes instead of a user node.
 
-Conditioning: ``graph`` and ``user_node``.
+Conditioning: ``graph`` and ``user_node`` ((batch,) user nodes, or (batch, m) history nodes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from lorarec.adapters.conditioning import expand_batch
@@ -57,6 +60,17 @@ class GraphMoeLinear(ILoraLinear, GraphMoeLayer):
     """iLoRA's update, ``sum_i g_i B_i (A_i x)``, with the graph-driven gate."""
 
 
+def pool_states(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Each sample's gate input: the state of its user node (``index`` (batch,)), or, on data
+    without users, the mean state of its history's item nodes (``index`` (batch, m), -1 pads;
+    a row without any reads zeros)."""
+    if index.dim() == 1:
+        return states[index]
+    valid = (index >= 0).to(states.dtype)
+    picked = states[index.clamp(min=0)] * valid.unsqueeze(-1)
+    return picked.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+
+
 class GraphMoeModel(AdapterTuner):
     prefix = "graphmoe_"
     tuner_layer_cls = GraphMoeLayer
@@ -73,7 +87,7 @@ class GraphMoeModel(AdapterTuner):
         cond.require("graphmoe", "graph", "user_node")
         g = cond.graph
         states = self.shared("gnn")[name](g.nodes, g.edge_index, g.edge_weight)
-        user = states[cond.user_node]
+        user = pool_states(states, cond.user_node)
         if forward:
             user = expand_batch(user, forward["batch"], "user_node")
         return {"gate": self.shared("gate")[name](user)}
