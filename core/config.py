@@ -52,6 +52,13 @@ class DataConfig:
     """CTR label: rating >= this is positive."""
     shard_size: int = 10000
     """Samples per webdataset tar shard."""
+    item_noun: str = "movie"
+    """What the prompts call an item (``song``, ``game``, ``product``)."""
+    item_noun_plural: str = "movies"
+    verb: str = "watch"
+    """What a user does with an item, in the prompts (``listen to``, ``play``, ``buy``)."""
+    verb_past: str = "watched"
+    """The same verb in the past tense (``listened to``, ``played``, ``bought``)."""
 
     @property
     def prepared_task(self) -> str:

@@ -229,10 +229,8 @@ def read_sequences(root: Path) -> Sequences:
                         f"{path}:{lineno}: expected an object with keys 'history' and 'next'"
                     )
                 hist, nxt = obj["history"], obj["next"]
-                if not isinstance(hist, list) or not hist:
-                    raise DataError(
-                        f"{path}:{lineno}: 'history' must be a non-empty list of item ids"
-                    )
+                if not isinstance(hist, list):
+                    raise DataError(f"{path}:{lineno}: 'history' must be a list of item ids")
                 ids = []
                 for raw in [*hist, nxt]:
                     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
@@ -260,11 +258,16 @@ def read_sequences(root: Path) -> Sequences:
 LLARA_FILES = {"train": "train_data.df", "valid": "Val_data.df", "test": "Test_data.df"}
 
 
-def import_llara(src: Path, out: Path, trust_pickle: bool = False) -> dict[str, int]:
+def import_llara(
+    src: Path, out: Path, trust_pickle: bool = False
+) -> tuple[dict[str, int], dict[str, int]]:
     """Convert LLaRA's pandas-pickle splits and ``id2name.txt`` to the sequences format.
 
     Unpickling can run arbitrary code, so it is refused unless ``trust_pickle`` is set.
-    Padding entries (id == number of items) are dropped from ``seq``.
+    Padding entries (id == number of items) are dropped from ``seq``. A row whose ``seq`` is all
+    padding is a user's first interaction (LLaRA stores it with ``len_seq`` 1): it is kept, with
+    an empty history, as the seeds' own protocol trains on it. Returns the rows written and the
+    empty-history rows among them, per split.
     """
     from lorarec.core.io import atomic_path
 
@@ -316,7 +319,7 @@ def import_llara(src: Path, out: Path, trust_pickle: bool = False) -> dict[str, 
         if missing:
             raise DataError(f"{path}: missing columns {sorted(missing)}")
         frames[split] = df
-    counts = {}
+    counts, empty = {}, {}
     with atomic_path(out) as tmp:
         tmp.mkdir()
         with open(tmp / "items.tsv", "w", encoding="utf-8") as fh:
@@ -324,25 +327,25 @@ def import_llara(src: Path, out: Path, trust_pickle: bool = False) -> dict[str, 
                 fh.write(f"{k}\t{names[k]}\n")
         for split, df in frames.items():
             path = src / LLARA_FILES[split]
-            n = 0
+            n = n_empty = 0
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as fh:
                 for row_no, (seq, len_seq, nxt) in enumerate(
                     zip(df["seq"], df["len_seq"], df["next"])
                 ):
                     hist = [int(x) for x in seq if int(x) != padding]
-                    if len(hist) != int(len_seq):
+                    # an all-padding seq is an empty history; LLaRA gives it len_seq 1
+                    if len(hist) != int(len_seq) and not (not hist and int(len_seq) == 1):
                         raise DataError(
                             f"{path}: row {row_no}: len_seq={len_seq} but seq holds {len(hist)} items"
                         )
                     for x in [*hist, int(nxt)]:
                         if x not in names:
                             raise DataError(f"{path}: row {row_no}: unknown item id {x}")
-                    if not hist:
-                        continue
                     fh.write(json.dumps({"history": hist, "next": int(nxt)}) + "\n")
                     n += 1
-            counts[split] = n
-    return counts
+                    n_empty += not hist
+            counts[split], empty[split] = n, n_empty
+    return counts, empty
 
 
 # ----------------------------------------------------------------------------- helpers

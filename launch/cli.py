@@ -147,8 +147,14 @@ def cmd_data_import_llara(args: argparse.Namespace) -> int:
         "test.jsonl",
     }
     _check_out(out, [src, *(src / f for f in LLARA_FILES.values())], ours=ours)
-    counts = import_llara(src, out, trust_pickle=args.trust_pickle)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v} rows" for k, v in counts.items()))
+    counts, empty = import_llara(src, out, trust_pickle=args.trust_pickle)
+    print(
+        f"wrote {args.out}: "
+        + ", ".join(
+            f"{k} {v} rows" + (f" ({empty[k]} with an empty history)" if empty[k] else "")
+            for k, v in counts.items()
+        )
+    )
     return 0
 
 

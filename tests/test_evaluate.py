@@ -520,3 +520,57 @@ def test_ctr_eval_reports_auc_uauc(ml100k_prepared, tmp_path):
     labels = np.array(entry["per_sample"]["label"])
     assert llm["auc"]["value"] == pytest.approx(M.auc(labels, probs))
     assert set(entry["vs_best_baseline"]) >= {"auc", "uauc"}
+
+
+def test_prompt_wording_is_a_data_setting():
+    """data.item_noun, data.item_noun_plural, data.verb and data.verb_past reach the prompts of
+    training and evaluation (the ExampleBuilder both use), for both tasks."""
+    from lorarec.trainer.batching import ExampleBuilder
+    from lorarec.trainer.prompts import PromptStyle
+    from tests.test_trainer import ROOT
+
+    cfg = load_config(
+        ROOT / "configs/tiny.yaml",
+        [
+            "data.item_noun=song",
+            "data.item_noun_plural=songs",
+            "data.verb=listen to",
+            "data.verb_past=listened to",
+        ],
+    )
+    style = PromptStyle.from_config(cfg.data)
+    tok = byte_level_tokenizer()
+    titles = [f"Song {i}" for i in range(30)]
+    sample = {"key": "k", "user": -1, "history": [1, 2], "target": 3, "label": 1}
+    sample["candidates"] = list(range(3, 23))
+    texts = {}
+    for task in ("next_item", "ctr"):
+        ids, _ = ExampleBuilder(tok, titles, task, 10, 1 << 30, style=style).prompt(sample)
+        texts[task] = tok.decode(ids)
+    assert "has listened to Song 1, Song 2" in texts["next_item"]
+    assert "the next song this user will listen to" in texts["next_item"]
+    assert "20 song titles" in texts["next_item"]
+    assert "has listened to these songs" in texts["ctr"] and "like the song Song 3" in texts["ctr"]
+    assert "movie" not in texts["next_item"] + texts["ctr"]
+    # the defaults keep the MovieLens wording
+    ids, _ = ExampleBuilder(tok, titles, "next_item", 10, 1 << 30).prompt(sample)
+    assert "has watched Song 1, Song 2 in the previous" in tok.decode(ids)
+
+
+def test_results_name_the_backbone_as_it_is():
+    """The demo's backbone is SmolLM2-135M-Instruct dequantised from a Q4_1 GGUF, and results
+    say so (results.json's ``backbone``, the first lines of results.md)."""
+    from lorarec.trainer.backbone import describe_backbone
+    from lorarec.trainer.evaluate import results_table
+    from tests.test_trainer import ROOT
+
+    demo = describe_backbone(load_config(ROOT / "configs/demo.yaml").model)
+    assert "SmolLM2-135M-Instruct" in demo and "Q4_1 GGUF" in demo and "float32" in demo
+    results = {
+        "task": "next_item",
+        "split": "test",
+        "n_samples": 1,
+        "backbone": demo,
+        "methods": {"random": {"n": 1, "metrics": {"hr@1": {"value": 0.0, "ci95": [0.0, 0.0]}}}},
+    }
+    assert f"backbone: {demo}" in results_table(results).splitlines()[1]

@@ -69,3 +69,28 @@ def test_sasrec_beats_popularity_on_ml100k(ml100k_prepared):
     assert hit_ratio_at(ranks, 1).mean() > hit_ratio_at(pop_ranks, 1).mean() + 0.03
     assert ndcg_at(ranks, 10).mean() > ndcg_at(pop_ranks, 10).mean() + 0.03
     assert info["best_valid_ndcg@10"] > 0.5
+
+
+def prefix_rows(sequences, cap):
+    """LLaRA-style rows without users: one row per interaction after the first, its history the
+    previous ``cap`` items (the first interaction: an empty history)."""
+    rows = []
+    for seq in sequences:
+        for k in range(len(seq)):
+            rows.append({"user": -1, "history": seq[max(0, k - cap) : k], "target": seq[k]})
+    return rows
+
+
+def test_training_sequences_rebuild_prefix_rows_into_whole_sequences():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 40, rng.integers(2, 30)).tolist() for _ in range(60)]
+    seqs.append(seqs[-1][:3])  # a user whose whole sequence is another's beginning
+    rows = prefix_rows(seqs, cap=10)
+    rebuilt = training_sequences(rows)
+    assert rebuilt == seqs
+    # each interaction is counted once (popularity), and SASRec's windows are linear in it
+    assert sum(len(s) for s in rebuilt) == len(rows)
+    # rows that are not prefixes of one sequence stay apart
+    assert training_sequences(
+        [{"user": -1, "history": [1, 2], "target": 3}, {"user": -1, "history": [2, 9], "target": 4}]
+    ) == [[1, 2, 3], [2, 9, 4]]

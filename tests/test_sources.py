@@ -695,3 +695,32 @@ def test_interactions_with_byte_order_mark_are_read(tmp_path, capsys):
     rc, _, err = prepare_interactions(capsys, inter, items, out)
     assert rc == 0, err
     assert json.loads((out / "manifest.json").read_text())["counts"]["users"] == 5
+
+
+def test_llara_first_interactions_are_kept_with_an_empty_history(tmp_path, capsys):
+    """LLaRA's files hold a user's first interaction as an all-padding seq with len_seq 1: the
+    import keeps it (the seeds train on it), says how many there are, and the prepared
+    directory trains on an empty history with a prompt that says so."""
+    from lorarec.trainer.prompts import next_item_prompt
+
+    splits = {k: list(v) for k, v in LLARA_SPLITS.items()}
+    splits["train"] = [([], 5), *splits["train"], ([], 7)]
+    src = write_llara(tmp_path / "llara", splits)
+    df = pd.read_pickle(src / "train_data.df")
+    df["len_seq"] = [max(1, n) for n in df["len_seq"]]  # as LLaRA stores them
+    df.to_pickle(src / "train_data.df")
+    dst = tmp_path / "imported"
+    rc, stdout, err = run_cli(capsys, "data", "import-llara", src, "--out", dst, "--trust-pickle")
+    assert rc == 0, err
+    assert "train 5 rows (2 with an empty history), valid 2 rows, test 2 rows" in stdout
+    rows = [json.loads(x) for x in (dst / "train.jsonl").read_text().splitlines()]
+    assert rows[0] == {"history": [], "next": 5} and rows[-1] == {"history": [], "next": 7}
+    out = tmp_path / "prepared"
+    rc, _, err = prepare_sequences(capsys, dst, out)
+    assert rc == 0, err
+    data = PreparedData.open(out, "next_item")
+    empty = [s for s in data.samples("train") if not s["history"]]
+    assert [s["target"] for s in empty] == [5, 7]
+    check_candidates(empty[0], 10, [])
+    prompt = next_item_prompt(empty[0], data.titles, 10)
+    assert "has not watched any movies yet" in prompt and "  " not in prompt

@@ -118,6 +118,24 @@ def resolve_backbone(model_cfg: ModelConfig) -> Path | str:
     return _local_or_hub(spec)
 
 
+def describe_backbone(model_cfg: ModelConfig) -> str:
+    """What the backbone is, for results: the asset's description (the demo's
+    ``smollm2-135m`` is SmolLM2-135M-Instruct dequantised from a Q4_1 GGUF), a preset's hub
+    repository, or the name or directory given, with its dtype."""
+    from lorarec.core.presets import PRESETS
+
+    spec = model_cfg.backbone
+    if spec == TINY:
+        what = "a seeded random Llama (tiny-random, byte-level tokenizer; for tests)"
+    elif spec in ASSETS:
+        what = ASSETS[spec].description
+    elif spec in PRESETS:
+        what = f"{PRESETS[spec].hub} ({model_cfg.weights or 'from the hub'})"
+    else:
+        what = spec
+    return f"{what}; computed in {model_cfg.dtype}"
+
+
 def _local_or_hub(spec: str) -> Path | str:
     path = Path(spec).expanduser()
     if path.exists():

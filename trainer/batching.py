@@ -13,6 +13,7 @@ import torch
 
 from lorarec.trainer.prompts import (
     CTR_ANSWERS,
+    PromptStyle,
     answer_text,
     ctr_segments,
     encode,
@@ -45,9 +46,12 @@ class ExampleBuilder:
         history_short: int,
         max_length: int,
         placeholders: frozenset[str] = frozenset(),
+        style: PromptStyle = PromptStyle(),
     ):
         """``placeholders``: the kinds (``user``, ``item``) of placeholder tokens the adapter
-        keys on; none for plain LoRA."""
+        keys on; none for plain LoRA. ``style``: the prompts' words for items (``data.item_noun``
+        and the rest)."""
+        self.style = style
         self.tokenizer = tokenizer
         self.placeholders = frozenset(placeholders)
         self.titles = titles
@@ -70,7 +74,7 @@ class ExampleBuilder:
     def prompt(self, sample: dict, keep: int | None = None) -> tuple[list[int], list]:
         """Prompt token ids and placeholder marks, with the last ``keep`` history items."""
         segments = (ctr_segments if self.ctr else next_item_segments)(
-            sample, self.titles, self.history_short if keep is None else keep
+            sample, self.titles, self.history_short if keep is None else keep, self.style
         )
         if not self.placeholders:
             return encode(self.tokenizer, render(segments)), []

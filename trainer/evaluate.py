@@ -48,7 +48,7 @@ from lorarec.core.config import RunConfig
 from lorarec.core.errors import ConfigError, DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
-from lorarec.trainer.prompts import CTR_ANSWERS, ctr_answer_ids
+from lorarec.trainer.prompts import CTR_ANSWERS, PromptStyle, ctr_answer_ids
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,13 @@ def evaluate_llm(
     titles = data.titles
     kinds = conditioning.kinds if conditioning is not None else frozenset()
     builder = ExampleBuilder(
-        tokenizer, titles, data.task, cfg.data.history_short, 1 << 30, placeholders=kinds
+        tokenizer,
+        titles,
+        data.task,
+        cfg.data.history_short,
+        1 << 30,
+        placeholders=kinds,
+        style=PromptStyle.from_config(cfg.data),
     )
     built = [builder.prompt(s) for s in samples]
     prompts = [p for p, _ in built]
@@ -504,9 +510,10 @@ def run_evaluation(
     results["methods"].update(evaluate_baselines(data, cfg, samples, subset, progress))
     baselines = set(results["methods"])
     if llm:
-        from lorarec.trainer.backbone import load_backbone
+        from lorarec.trainer.backbone import describe_backbone, load_backbone
 
         model, tokenizer = load_backbone(cfg.model)
+        results["backbone"] = describe_backbone(cfg.model)
         label = f"llm {cfg.model.backbone}"
         conditioning = None
         if adapter:
@@ -654,6 +661,8 @@ def results_table(results: dict[str, Any]) -> str:
     # only the columns some method reports (ValidRatio comes with generation only)
     cols = [c for c in cols if any(c in r["metrics"] for r in results["methods"].values())]
     head = f"{results['task']} / {results['split']} ({results['n_samples']} samples; 95% bootstrap intervals)"
+    if results.get("backbone"):
+        head += f"\nbackbone: {results['backbone']}"
     lines = [
         head,
         "",

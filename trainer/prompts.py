@@ -17,9 +17,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PromptStyle:
+    """The words the prompts use for items and for what users do with them (``data.item_noun``,
+    ``data.item_noun_plural``, ``data.verb``, ``data.verb_past``), so music, games and products
+    get fitting prompts."""
+
     item_noun: str = "movie"
     item_noun_plural: str = "movies"
-    verb: str = "watched"
+    verb: str = "watch"
+    verb_past: str = "watched"
+
+    @classmethod
+    def from_config(cls, data_cfg) -> PromptStyle:
+        return cls(data_cfg.item_noun, data_cfg.item_noun_plural, data_cfg.verb, data_cfg.verb_past)
 
 
 Segment = str | tuple[str, int]
@@ -32,13 +41,16 @@ def next_item_segments(
     history = _titled(sample["history"][-history_short:], titles, [""] * history_short)
     candidates = _titled(sample["candidates"], titles, [""] * len(sample["candidates"]))
     n = len(sample["candidates"])
+    seen = (
+        [f" has {style.verb_past} ", *history, " in the previous. "]
+        if history
+        else [f" has not {style.verb_past} any {style.item_noun_plural} yet. "]
+    )
     return [
         "This user",
         *_user(sample),
-        f" has {style.verb} ",
-        *history,
-        " in the previous. "
-        f"Please predict the next {style.item_noun} this user will {style.verb.removesuffix('ed')}. "
+        *seen,
+        f"Please predict the next {style.item_noun} this user will {style.verb}. "
         f"Choose the answer from the following {n} {style.item_noun} titles: ",
         *candidates,
         ". Answer:",
@@ -50,11 +62,13 @@ def ctr_segments(
 ) -> list[Segment]:
     hist = sample["history"][-history_short:]
     ratings = sample.get("history_ratings", [])[-history_short:]
-    if ratings:
-        head = f" has {style.verb} these {style.item_noun_plural}, rated from 1 to 5: "
+    if not hist:
+        head, body = f" has not {style.verb_past} any {style.item_noun_plural} yet", []
+    elif ratings:
+        head = f" has {style.verb_past} these {style.item_noun_plural}, rated from 1 to 5: "
         body = _titled(hist, titles, [f" (rated {r})" for r in ratings])
     else:
-        head = f" has {style.verb} these {style.item_noun_plural}: "
+        head = f" has {style.verb_past} these {style.item_noun_plural}: "
         body = _titled(hist, titles, [""] * len(hist))
     return [
         "The user",

@@ -43,6 +43,7 @@ from lorarec.trainer.conditioning import (
 )
 from lorarec.trainer.data_stream import TrainStream
 from lorarec.trainer.distributed import DeepSpeedStrategy
+from lorarec.trainer.prompts import PromptStyle
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class LoraRecipe:
             cfg.data.history_short,
             cfg.train.max_length,
             placeholder_kinds(cfg),
+            PromptStyle.from_config(cfg.data),
         )
         n_train = self.data.manifest["tasks"][task]["samples"]["train"]
         self.stream = TrainStream(

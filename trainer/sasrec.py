@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,20 +143,38 @@ class SASRec(nn.Module):
 
 
 def training_sequences(samples: list[dict]) -> list[list[int]]:
-    """Chronological item sequences of the training split.
+    """Chronological item sequences of the training split, each interaction once.
 
     Samples of one user are consecutive and chronological, so a user's sequence is the first
     sample's history followed by every sample's target. Samples without users (the sequences
-    format) are their own sequence: history followed by the target.
+    format) are rebuilt the same way where they are prefix rows of one sequence, as in LLaRA's
+    and iLoRA's files (each row's history is the previous row's history and target, truncated to
+    the file's history length): a row continues the current sequence when its history is the
+    sequence's last ``min(len(sequence), cap)`` items (``cap`` the longest history in the split);
+    any other row starts a sequence of its own. So a file of prefix rows costs one pass over each
+    user's sequence, not one per row.
     """
+    cap = max((len(s["history"]) for s in samples), default=0)
     seqs: list[list[int]] = []
     current_user = None
+    prefix: list[int] | None = None  # the sequence the next row without a user may continue
     for s in samples:
-        if s["user"] >= 0 and s["user"] == current_user:
-            seqs[-1].append(s["target"])
-        else:
-            seqs.append([*s["history"], s["target"]])
-            current_user = s["user"] if s["user"] >= 0 else None
+        hist = list(s["history"])
+        if s["user"] >= 0:
+            prefix = None
+            if s["user"] == current_user:
+                seqs[-1].append(s["target"])
+            else:
+                seqs.append([*hist, s["target"]])
+                current_user = s["user"]
+            continue
+        current_user = None
+        if prefix is not None and hist and len(hist) == min(len(prefix), cap):
+            if prefix[-len(hist) :] == hist:
+                prefix.append(s["target"])
+                continue
+        prefix = [*hist, s["target"]]
+        seqs.append(prefix)
     return seqs
 
 
@@ -188,9 +207,12 @@ def train_sasrec(
     seed: int = 42,
     patience: int = 10,
     progress: bool = True,
+    sequences: list[list[int]] | None = None,
 ) -> tuple[SASRec, dict]:
-    """Train with full-softmax cross-entropy at every position; keep the epoch with the best
-    validation NDCG@10 on the fixed candidates (early stopping after ``patience`` epochs)."""
+    """Train with full-softmax cross-entropy at every position of the training sequences
+    (:func:`training_sequences`, or ``sequences`` when given); keep the epoch with the best
+    validation NDCG@10 on the fixed candidates (early stopping after ``patience`` epochs). The
+    summary has each epoch's loss, validation NDCG@10 and seconds."""
     from tqdm import tqdm
 
     from lorarec.trainer.metrics import ndcg_at
@@ -199,13 +221,16 @@ def train_sasrec(
     rng = np.random.default_rng(seed)
     model = SASRec(SASRecShape(num_items, hidden_size, num_layers, num_heads, dropout, max_len))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    windows = _windows(training_sequences(train_samples), max_len)
+    if sequences is None:
+        sequences = training_sequences(train_samples)
+    windows = _windows(sequences, max_len)
     inputs = model.pad([w[:-1] for w in windows])
     labels = model.pad([w[1:] for w in windows]) - 1  # -1 = padding, ignored
     best = (-1.0, 0, None)
     history = []
     bar = tqdm(range(epochs), desc="sasrec", disable=not progress)
     for epoch in bar:
+        started = time.perf_counter()
         model.train()
         order = rng.permutation(len(windows))
         total, count = 0.0, 0
@@ -221,9 +246,16 @@ def train_sasrec(
             opt.step()
             total += loss.item() * int(mask.sum())
             count += int(mask.sum())
+        seconds = time.perf_counter() - started
         valid_ndcg = float(np.mean(ndcg_at(evaluate_ranks(model, valid_samples), 10)))
         history.append(
-            {"epoch": epoch + 1, "loss": total / max(count, 1), "valid_ndcg@10": valid_ndcg}
+            {
+                "epoch": epoch + 1,
+                "loss": total / max(count, 1),
+                "valid_ndcg@10": valid_ndcg,
+                "seconds": round(seconds, 3),
+                "windows": len(windows),
+            }
         )
         bar.set_postfix(loss=f"{total / max(count, 1):.3f}", valid_ndcg10=f"{valid_ndcg:.3f}")
         if valid_ndcg > best[0]:
