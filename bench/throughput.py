@@ -1,5 +1,12 @@
 """Throughput benchmarks, each measured side by side in one run (before/after on the same data).
 
+``step``: one training step (forward + backward of the answer-token loss) of the demo
+configuration (SmolLM2-135M-Instruct + PEFT LoRA, rank 8 on q/v, a micro-batch of real ML-100K
+training prompts), with logits over the whole sequence (before) and only from the position
+before the earliest answer token (after, what the trainer does), round-robin in one process,
+the fastest of ``--rounds``. Samples/s and MFU (4 FLOP per frozen and 6 per trainable parameter
+per token, against the fp32 matmul rate measured here, as the trainer reports it).
+
 ``sasrec``: SASRec's training epoch on a generated sequences-format file of prefix rows, the
 shape of LLaRA's and iLoRA's LastFM and Steam files (no user ids; one row per interaction,
 its history the previous items, truncated). Before: every row is a sequence of its own (the
@@ -8,8 +15,8 @@ rows are rebuilt into whole sequences (:func:`lorarec.trainer.sasrec.training_se
 loss at every position of each once. Both train the same model for the same epochs; the table
 shows the windows, the seconds per epoch and the ratio, and the validation NDCG@10 each reached.
 
-    python bench/throughput.py                 # 50,000 rows, 1 epoch each way
-    python bench/throughput.py --rows 5000     # quick
+    python bench/throughput.py                 # the step, and SASRec on 50,000 rows, 1 epoch
+    python bench/throughput.py --only step     # or --only sasrec; --rows 5000: quicker
     python bench/throughput.py --json PATH     # default bench/results/throughput.json
 """
 
@@ -53,6 +60,98 @@ def prefix_rows(rows: int, items: int, cap: int, seed: int) -> tuple[list[dict],
     return train[:rows], valid
 
 
+def bench_step(args) -> dict:
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lorarec.core.config import load_config
+    from lorarec.data.prepared import PreparedData
+    from lorarec.trainer.backbone import describe_backbone, load_backbone
+    from lorarec.trainer.batching import (
+        ExampleBuilder,
+        answer_logits_to_keep,
+        answer_token_loss_sum,
+        collate,
+    )
+    from lorarec.trainer.prompts import PromptStyle
+    from lorarec.trainer.recipe import measure_matmul_peak
+
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / args.config)
+    data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
+    backbone, tok = load_backbone(cfg.model)
+    lora = cfg.train.lora
+    model = get_peft_model(
+        copy.deepcopy(backbone),
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+        ),
+    )
+    builder = ExampleBuilder(
+        tok,
+        data.titles,
+        data.task,
+        cfg.data.history_short,
+        cfg.train.max_length,
+        style=PromptStyle.from_config(cfg.data),
+    )
+    samples = data.samples("train")[: args.batch]
+    batch = collate([builder.build(s) for s in samples], tok.pad_token_id)
+    keep = answer_logits_to_keep(batch["labels"])
+    variants = {"full logits (before)": None, "answer logits (after)": keep}
+
+    def step(logits_to_keep) -> float:
+        start = time.perf_counter()
+        kw = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw
+        ).logits
+        answer_token_loss_sum(logits, batch["labels"]).backward()
+        for p in model.parameters():
+            p.grad = None
+        return time.perf_counter() - start
+
+    times = {name: [] for name in variants}
+    for k in variants.values():  # warm-up
+        step(k)
+    for _ in range(args.rounds):
+        for name, k in variants.items():
+            times[name].append(step(k))
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops_per_token = 4 * (n_params - n_trainable) + 6 * n_trainable
+    peak = measure_matmul_peak(torch.float32, torch.device("cpu"))
+    tokens = int(batch["attention_mask"].sum())
+    out = {
+        "backbone": describe_backbone(cfg.model),
+        "batch": args.batch,
+        "tokens": tokens,
+        "width": int(batch["input_ids"].shape[1]),
+        "logits_kept": keep,
+        "rounds": args.rounds,
+        "peak_flops": peak,
+        "variants": {},
+    }
+    for name, t in times.items():
+        best = min(t)
+        out["variants"][name] = {
+            "step_seconds": best,
+            "samples_per_s": args.batch / best,
+            "mfu": tokens / best * flops_per_token / peak,
+            "all_seconds": t,
+        }
+    v = out["variants"]
+    out["speedup"] = (
+        v["answer logits (after)"]["samples_per_s"] / v["full logits (before)"]["samples_per_s"]
+    )
+    return out
+
+
 def bench_sasrec(args) -> dict:
     from lorarec.trainer.sasrec import train_sasrec, training_sequences
 
@@ -92,8 +191,32 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=str(ROOT / "bench/results/throughput.json"))
+    p.add_argument("--config", default="configs/demo.yaml", help="the step's run config")
+    p.add_argument("--batch", type=int, default=2, help="the step's micro-batch (demo: 2)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--only", choices=["step", "sasrec"], default=None)
     args = p.parse_args()
-    sasrec = bench_sasrec(args)
+    result_step = bench_step(args) if args.only != "sasrec" else None
+    if result_step is not None:
+        r = result_step
+        print(
+            f"training step: {r['backbone']}; micro-batch {r['batch']}, {r['tokens']} tokens "
+            f"(width {r['width']}), logits kept {r['logits_kept']}; fastest of {r['rounds']}"
+        )
+        print("| logits | step (s) | samples/s | MFU |")
+        print("|---|---:|---:|---:|")
+        for name, v in r["variants"].items():
+            print(
+                f"| {name} | {v['step_seconds']:.3f} | {v['samples_per_s']:.3f} | {v['mfu']:.3f} |"
+            )
+        print(f"samples/s, after / before: {r['speedup']:.2f}x\n")
+    sasrec = bench_sasrec(args) if args.only != "step" else None
+    if sasrec is not None:
+        report_sasrec(args, sasrec)
+    write_result(args, result_step, sasrec)
+
+
+def report_sasrec(args, sasrec: dict) -> None:
     print(f"SASRec epoch on {args.rows:,} prefix rows ({args.items:,} items, history {args.cap})")
     print("| sequences as | sequences | windows | s / epoch | valid NDCG@10 |")
     print("|---|---:|---:|---:|---:|")
@@ -104,6 +227,9 @@ def main() -> None:
             f"{r['valid_ndcg@10']:.3f} |"
         )
     print(f"epoch time, before / after: {sasrec['speedup']:.1f}x")
+
+
+def write_result(args, step: dict | None, sasrec: dict | None) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -112,7 +238,10 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
         f"{__import__('os').cpu_count()} CPUs",
-        "sasrec": {"rows": args.rows, "items": args.items, "cap": args.cap, **sasrec},
+        "step": step,
+        "sasrec": None
+        if sasrec is None
+        else {"rows": args.rows, "items": args.items, "cap": args.cap, **sasrec},
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,10 +109,24 @@ def collate(
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def answer_logits_to_keep(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits the loss needs: from the position before the first
+    answer token of any row to the end (``logits_to_keep`` of a Hugging Face causal LM), so the
+    vocabulary projection skips the prompts. At least 1."""
+    answer = labels != IGNORE
+    rows = answer.any(dim=1)
+    if not bool(rows.any()):
+        return 1
+    first = int(answer.to(torch.int8).argmax(dim=1)[rows].min())
+    return max(1, labels.shape[1] - first + 1)
+
+
 def answer_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the cross-entropy over answer tokens (next-token prediction)."""
+    """Sum of the cross-entropy over answer tokens (next-token prediction). ``logits`` may
+    cover only the last positions of ``labels`` (``answer_logits_to_keep``)."""
+    skip = labels.shape[1] - logits.shape[1]
     shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
+    shift_labels = labels[:, skip + 1 :]
     return torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]),
         shift_labels.reshape(-1),

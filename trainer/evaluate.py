@@ -102,7 +102,9 @@ def continuation_log_likelihoods(
     device = ids.device
     b, k = ids.shape[0], len(continuations)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # scores every first token
     cache = out.past_key_values
     cache.batch_repeat_interleave(k)

@@ -34,7 +34,12 @@ import torch
 from lorarec.core.config import RunConfig
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer.adapter import attach_adapter, load_sasrec
-from lorarec.trainer.batching import ExampleBuilder, answer_token_loss_sum, collate
+from lorarec.trainer.batching import (
+    ExampleBuilder,
+    answer_logits_to_keep,
+    answer_token_loss_sum,
+    collate,
+)
 from lorarec.trainer.conditioning import (
     SEQUENCE_ADAPTERS,
     ConditioningBuilder,
@@ -340,8 +345,13 @@ class LoraRecipe:
         for batch, cond in batches:
             batch = {k: v.to(s.device) for k, v in batch.items()}
             extra = {} if cond is None else {"conditioning": cond.to(s.device)}
+            # logits only from the position before the first answer token on: the vocabulary
+            # projection of the prompts is never needed
             logits = self.engine(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=answer_logits_to_keep(batch["labels"]),
+                **extra,
             ).logits
             micro_loss = answer_token_loss_sum(logits, batch["labels"])
             self.engine.backward(micro_loss * scale)
