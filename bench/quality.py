@@ -75,6 +75,28 @@ def train(adapter: str, args, out: Path) -> dict:
     }
 
 
+def machine() -> str:
+    import os
+    import platform
+
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {model or platform.processor()}, {os.cpu_count()} CPUs"
+
+
+def backbone_description(config: str) -> str:
+    from lorarec.core.config import load_config
+    from lorarec.trainer.backbone import describe_backbone
+
+    return describe_backbone(load_config(ROOT / config).model)
+
+
 def cell(m: dict) -> str:
     return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
 
@@ -154,6 +176,11 @@ def main() -> None:
         Path(args.json),
         {
             "command": " ".join(["python", "bench/quality.py", *sys.argv[1:]]),
+            "commit": subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
+            "machine": machine(),
+            "backbone": backbone_description(args.config),
             "config": args.config,
             "steps": args.steps,
             "llm_limit": args.llm_limit,
