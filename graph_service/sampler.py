@@ -26,9 +26,11 @@ hidden draws ``min(d - h, fanout)`` of the ``d - h`` others, and its degree in t
 ``d - h``. Test samples lose nothing to the rule (no interaction of the test period is in the
 graph); training samples lose exactly the edges that would not exist at their time.
 
-**Per-sample subgraphs.** :meth:`NeighborSampler.sample_many` samples each sample's subgraph with
-its own seed and cut (several samples share each vectorised hop), and :func:`merge` joins them as
-disjoint components, so a sample's subgraph does not depend on its batch-mates.
+**Per-sample subgraphs.** :meth:`NeighborSampler.sample_batch` (and the service client's) samples
+each sample's subgraph with its own seed and cut, all samples of a hop in one vectorised pass
+(:func:`khop_batch`), and returns them as the disjoint components of one Subgraph, so a sample's
+subgraph does not depend on its batch-mates (:func:`merge` of the samples drawn alone rebuilds
+the batch exactly).
 
 **Edges are directed**: ``edge_index[0]`` is a sampled neighbour, ``edge_index[1]`` the node
 that drew it, the direction a message flows in (PyG's ``source_to_target``). ``sampled`` counts
