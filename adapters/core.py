@@ -1,6 +1,6 @@
 """The low-rank core shared by every adapter family.
 
-Notation (METHODS.md): a frozen projection ``W`` (d_in -> d_out), input ``x`` (batch, tokens,
+Notation (the README's Adapters section): a frozen projection ``W`` (d_in -> d_out), input ``x`` (batch, tokens,
 d_in), factors ``A_k`` (d_in -> r) and ``B_k`` (r -> d_out), scale ``s``. A bank stacks ``K``
 factor pairs; ``B`` starts at zero, so an adapter starts as the backbone.
 

@@ -1,4 +1,4 @@
-"""The adapters as PEFT methods, in fp32 on random inputs (METHODS.md; issue acceptance:
+"""The adapters as PEFT methods, in fp32 on random inputs (the README's Adapters section:
 equivalences, gradients, save and reload)."""
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from lorarec.core.errors import ConfigError, DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer import metrics as M
 from lorarec.trainer.prompts import CTR_ANSWERS, PromptStyle, ctr_answer_ids
+from lorarec.trainer.sasrec import candidate_scores
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ def evaluate_baselines(
                     tgt = model.item_embeddings()[torch.tensor([s["target"] for s in samples])]
                     scores = torch.sigmoid((rep * tgt).sum(-1)).numpy()[:, None]
             else:
-                scores = sasrec_candidate_scores(model, samples)
+                scores = candidate_scores(model, samples)
         rows = {name: np.arange(len(samples))}
         if subset is not None and len(subset) < len(samples):
             rows[f"{name} (llm subset)"] = subset
@@ -431,20 +432,6 @@ def evaluate_baselines(
                 "per_sample": per_sample,
             }
     return out
-
-
-@torch.no_grad()
-def sasrec_candidate_scores(model, samples: list[dict], batch_size: int = 512) -> np.ndarray:
-    """(N, K) SASRec scores of each sample's candidates."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        cands = torch.tensor([s["candidates"] for s in batch])
-        scores.append(model.score([s["history"] for s in batch], cands).float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(scores)
 
 
 def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:

@@ -268,17 +268,22 @@ def train_sasrec(
 
 
 @torch.no_grad()
-def evaluate_ranks(model: SASRec, samples: list[dict], batch_size: int = 512) -> np.ndarray:
-    from lorarec.trainer.metrics import target_ranks
-
+def candidate_scores(model: SASRec, samples: list[dict], batch_size: int = 512) -> np.ndarray:
+    """(N, K) SASRec scores of each sample's candidates."""
     was_training = model.training
     model.eval()
-    ranks = []
+    scores = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         cands = torch.tensor([s["candidates"] for s in batch])
-        scores = model.score([s["history"] for s in batch], cands).numpy()
-        tgt = np.array([s["candidates"].index(s["target"]) for s in batch])
-        ranks.append(target_ranks(scores, tgt))
+        scores.append(model.score([s["history"] for s in batch], cands).float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(ranks)
+    return np.concatenate(scores)
+
+
+def evaluate_ranks(model: SASRec, samples: list[dict], batch_size: int = 512) -> np.ndarray:
+    from lorarec.trainer.metrics import target_ranks
+
+    scores = candidate_scores(model, samples, batch_size)
+    tgt = np.array([s["candidates"].index(s["target"]) for s in samples])
+    return target_ranks(scores, tgt, [s["key"] for s in samples], "sasrec (validation)")

@@ -1,4 +1,4 @@
-"""GraphLoRA (METHODS.md section 1): a graph network inside the LoRA pathway.
+"""GraphLoRA (the README's Adapters table): a graph network inside the LoRA pathway.
 
     h = W x + s * B( a * A dropout(x) + b * g(node) )      at tokens that stand for a node
     h = W x + s * B( A dropout(x) )                         at every other token

@@ -1,4 +1,4 @@
-"""iLoRA (METHODS.md section 3): a mixture of LoRA experts gated by the user's sequence.
+"""iLoRA (the README's Adapters table): a mixture of LoRA experts gated by the user's sequence.
 
     g = softmax( gate(u) )                                   u: frozen SASRec state, (batch, c)
     h = W x + s * sum_i g_i B_i (A_i dropout(x))

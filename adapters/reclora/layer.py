@@ -1,4 +1,4 @@
-"""RecLoRA (METHODS.md section 2): a bank of meta-LoRAs mixed per user.
+"""RecLoRA (the README's Adapters table): a bank of meta-LoRAs mixed per user.
 
     w = softmax( router(u) / T )      u: the sequence recommender over the long history
     A_u = sum_k w_k A_k,  B_u = sum_k w_k B_k,  h = W x + s * B_u (A_u dropout(x))
