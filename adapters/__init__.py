@@ -1,7 +1,7 @@
 """Graph-aware, personalised and mixture-of-experts LoRA adapters, as PEFT methods.
 
-Importing this package registers four methods with PEFT (``graphlora``, ``reclora``,
-``ilora``, ``graphmoe``); after that, ``get_peft_model(model, GraphLoraConfig(...))``,
+Importing this package registers five methods with PEFT (``graphlora``, ``reclora``,
+``ilora``, ``graphmoe``, and ``collab``: plain LoRA with collaborative tokens); after that, ``get_peft_model(model, GraphLoraConfig(...))``,
 ``save_pretrained`` and ``PeftModel.from_pretrained`` work for them as for LoRA. Each forward
 takes the batch's :class:`Conditioning` (``conditioning=`` or :func:`bind_conditioning`).
 
@@ -10,6 +10,7 @@ Every family shares one low-rank core (:class:`~lorarec.adapters.core.LowRankBan
 ``A`` and one for all ``B``. Tensors in, tensors out: no trainer, no Ray, no files beyond PEFT's.
 """
 
+from lorarec.adapters.collab.layer import CollabConfig, CollabModel
 from lorarec.adapters.conditioning import Conditioning, GraphBatch, bind_conditioning
 from lorarec.adapters.graphlora.layer import GraphLoraConfig, GraphLoraModel
 from lorarec.adapters.graphmoe.layer import GraphMoeConfig, GraphMoeModel
@@ -22,12 +23,15 @@ CONFIGS = {
     "reclora": RecLoraConfig,
     "ilora": ILoraConfig,
     "graphmoe": GraphMoeConfig,
+    "collab": CollabConfig,
 }
 
 
 __all__ = [
     "CONFIGS",
     "AdapterTuner",
+    "CollabConfig",
+    "CollabModel",
     "Conditioning",
     "GraphBatch",
     "GraphLoraConfig",

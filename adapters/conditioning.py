@@ -14,6 +14,8 @@ graphlora   ``graph`` + ``node_index`` (the node each placeholder token stands f
 graphmoe    ``graph`` + ``user_node`` (the sample's user node in the subgraph)
 ilora       ``sequence_state`` (+ ``item_index`` and ``item_table`` with the hybrid prompt)
 reclora     ``sequence_state`` (the sequence recommender over the long history)
+collab      ``item_index`` (global node id at user and item placeholders) + ``item_table``
+            (the frozen collaborative table)
 =========== ============================================================================
 
 The binding lives on the model (a stack owned by the PEFT tuner), never in module-level state:
@@ -57,9 +59,11 @@ class Conditioning:
     sequence_state: torch.Tensor | None = None
     """(batch, c): the frozen sequence recommender's representation of each sample's history."""
     item_index: torch.Tensor | None = None
-    """(batch, tokens) long: item id at item placeholder tokens (hybrid prompt), -1 elsewhere."""
+    """(batch, tokens) long: item id at item placeholder tokens (hybrid prompt), -1 elsewhere;
+    collab: the global node id (user ``u``, item ``U + i``) at user and item placeholders."""
     item_table: torch.Tensor | None = None
-    """(items, c): the frozen sequence recommender's item embeddings (hybrid prompt)."""
+    """(items, c): the frozen sequence recommender's item embeddings (hybrid prompt); collab:
+    (nodes, node_dim), the frozen collaborative table."""
 
     def to(self, device) -> Conditioning:
         out = {}

@@ -1,84 +1,271 @@
-"""Recommendation quality of every adapter type under one training budget, next to SASRec and
-popularity, on ML-100K's fixed test candidates.
+"""Recommendation quality of every adapter type under one training budget, on the protocols of
+the methods' own papers, next to the protocol's baselines: an experiment runner.
 
-Each adapter trains through `lorarec train` (2 ranks, ZeRO-3, the deepspeed launcher) with the
-same steps, batch, learning-rate schedule and seed, then its exported adapter is evaluated by
-likelihood ranking of the 20 fixed candidates on the same seeded subset of test users. The
-baselines are evaluated on that subset too. A run directory that already holds results is
-reused, so an interrupted benchmark continues where it stopped.
+    python bench/quality.py --protocol ctr --samples 2000 --eval 2000
+    python bench/quality.py --protocol next_item --samples 1000 --eval 500 --resume
+    python bench/quality.py --protocol ctr --methods lora graphlora --seeds 42 43
+    python bench/quality.py --readme                 # README tables from the committed JSON
 
-Every method is compared with plain LoRA by a paired bootstrap over the same users
-(``vs_lora``: ``[diff, lo, hi]`` per metric, method minus LoRA): each run's ``results.json``
-keeps its per-sample ranks (``per_sample``), paired here by sample key.
+Protocols (ML-100K):
 
-    python bench/quality.py                          # SmolLM2-135M, the demo budget (30 steps)
-    python bench/quality.py --steps 200 --llm-limit 200
-    python bench/quality.py --quick                  # tiny backbone, a few steps: a smoke run
-    python bench/quality.py --json PATH              # default bench/results/quality.json
+* ``ctr`` (GraphLoRA, RecLoRA; TALLRec-style Yes/No): the global time split, AUC, UAUC and log
+  loss on ``--eval`` test pairs; baselines trained on the labels: ``popularity`` (interaction
+  count: AUC only), ``like_rate``, ``mf`` (label MF) and ``din`` (a DIN-style CTR model).
+* ``next_item`` (LLaRA, iLoRA): each user's last interaction among 20 fixed candidates, HR@1,
+  HR@5, NDCG@10 and MRR on ``--eval`` test users; baselines ``popularity``, ``sasrec`` (all
+  training data), ``sasrec_subset`` (only the LLM's training samples: Few2Many's comparison)
+  and ``lightgcn``.
+
+Every LLM method trains through ``lorarec train`` (the deepspeed launcher, ZeRO-3) on the same
+seeded subset of ``--samples`` training samples (``train.max_samples``; each seen once), with
+the same steps, schedule, seed and data, and is evaluated on the same seeded ``--eval`` test
+samples. Methods: ``lora``, ``lora_collab`` (plain LoRA with the collaborative embeddings as
+input tokens at the user and item placeholders), ``graphlora``, ``reclora``, ``ilora``,
+``graphmoe``. The baselines are evaluated once per seed by ``lorarec eval`` and restricted to
+the LLM's samples.
+
+Every run directory is kept under ``--runs``: with ``--resume`` a killed benchmark continues
+where it stopped (finished methods are read back, a method with a checkpoint resumes from it),
+so a long run can go on in the background across sessions. Without ``--resume`` a non-empty
+runs directory is refused.
+
+The result, ``bench/results/quality-<protocol>.json``, holds per method the metrics with 95%
+bootstrap intervals (``[value, low, high]``), the paired differences to plain LoRA
+(``vs_lora``) and to the collaborative-token LoRA (``vs_lora_collab``) by a paired bootstrap
+over the same samples (``[difference, low, high]``, method minus reference), train seconds,
+samples seen and trainable parameters; with the command, the git commit and the machine. With
+several seeds a method's samples of every seed are pooled (paired by seed and sample).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ADAPTERS = ["lora", "graphlora", "reclora", "ilora", "graphmoe"]
+
+PROTOCOLS = {
+    "ctr": {
+        "overrides": ["data.task=ctr", "data.split=global"],
+        "baselines": ["popularity", "like_rate", "mf", "din"],
+        "metrics": ["auc", "uauc", "logloss"],
+        "samples": 2000,
+        "eval": 2000,
+    },
+    "next_item": {
+        "overrides": ["data.task=next_item"],
+        "baselines": ["popularity", "sasrec", "sasrec_subset", "lightgcn"],
+        "metrics": ["hr@1", "hr@5", "ndcg@10", "mrr"],
+        "samples": 1000,
+        "eval": 500,
+    },
+}
+
+METHODS = {
+    "lora": ["train.adapter=lora"],
+    "lora_collab": ["train.adapter=lora", "train.lora.collab_tokens=true"],
+    "graphlora": ["train.adapter=graphlora"],
+    "reclora": ["train.adapter=reclora"],
+    "ilora": ["train.adapter=ilora"],
+    "graphmoe": ["train.adapter=graphmoe"],
+}
+REFERENCES = ("lora", "lora_collab")
 
 
-def train(adapter: str, args, out: Path) -> dict:
-    if not (out / "results.json").is_file():
-        cmd = [
-            str(Path(sys.executable).parent / "lorarec"),
-            "train",
-            args.config,
-            "--out",
-            str(out),
-            f"train.adapter={adapter}",
-            f"train.max_steps={args.steps}",
-            f"train.checkpoint_every={max(10, args.steps // 4)}",
-            "train.evaluate=true",
-            f"eval.llm_limit={args.llm_limit}",
-            "eval.llm_methods=[likelihood]",
-            "eval.baselines=[popularity,sasrec]",
-            *args.overrides,
-        ]
-        resume = ["--resume"] if (out / "checkpoints" / "latest").is_file() else []
-        print(" ".join(cmd + resume), flush=True)
-        proc = subprocess.run(cmd + resume, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{adapter}: training failed\n{proc.stderr[-3000:]}")
-    results = json.loads((out / "results.json").read_text())
-    summary = json.loads((out / "train_summary.json").read_text())
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
-    llm = next(v for k, v in results["methods"].items() if k.startswith("llm"))
-    if "per_sample" not in llm:
-        raise SystemExit(
-            f"{out / 'results.json'} has no per-sample values (written before paired "
-            f"comparisons): remove {out} to retrain, or re-evaluate it with `lorarec eval`"
-        )
+class RunnerError(Exception):
+    """Bad arguments or a failed run: one line, exit code 2."""
+
+
+def lorarec_cmd() -> list[str]:
+    return [str(Path(sys.executable).parent / "lorarec")]
+
+
+def run_logged(cmd: list[str], log_file: Path) -> None:
+    """Run ``cmd`` with its output appended to ``log_file``; raise RunnerError naming the log
+    if it fails. The child is killed if the runner is interrupted or terminated."""
+    with open(log_file, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    if rc != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-1:]
+        raise RunnerError(f"{cmd[1]} failed (exit {rc}; log {log_file}): {' '.join(tail)}")
+
+
+def budget(args, overrides: list[str]) -> dict:
+    """Steps and schedule for ``--samples`` samples, each seen once, from the config's batch."""
+    from lorarec.core.config import load_config
+
+    cfg = load_config(ROOT / args.config, overrides)
+    ranks = cfg.launch.ranks_per_node * max(1, cfg.launch.nodes)
+    global_batch = ranks * cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps
+    steps = max(1, math.ceil(args.samples / global_batch))
     return {
-        "metrics": llm["metrics"],
-        "n": llm["n"],
-        "entry": llm,
-        "bootstrap": results["bootstrap"],
-        "train_seconds": sum(r["step_seconds"] for r in records),
-        "steps": summary["steps"],
-        "samples": summary["samples"],
-        "trainable_parameters": summary["trainable_parameters"],
-        "final_loss": summary["final_loss"],
-        "baselines": {k: v for k, v in results["methods"].items() if not k.startswith("llm")},
+        "global_batch": global_batch,
+        "steps": steps,
+        "overrides": [
+            f"train.max_samples={args.samples}",
+            f"train.max_steps={steps}",
+            f"train.warmup_steps={max(1, steps // 20)}",  # 5% of the steps
+            f"train.checkpoint_every={max(5, steps // 8)}",
+        ],
     }
 
 
-def machine() -> str:
-    import os
-    import platform
+def common_overrides(args, seed: int) -> list[str]:
+    return [
+        *PROTOCOLS[args.protocol]["overrides"],
+        f"train.seed={seed}",
+        f"eval.llm_limit={args.eval}",
+        f"eval.bootstrap={args.bootstrap}",
+        *args.overrides,
+    ]
 
+
+def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[dict, str]:
+    """Train and evaluate ``name`` into ``run`` (or read it back): its summary and how it was
+    obtained (``done``: read back, ``resumed``, ``new``)."""
+    if (run / "results.json").is_file() and (run / "train_summary.json").is_file():
+        return read_method(run), "done"
+    how = "new"
+    cmd = [
+        *lorarec_cmd(),
+        "train",
+        args.config,
+        "--out",
+        str(run),
+        *METHODS[name],
+        *common_overrides(args, seed),
+        *sched["overrides"],
+        "train.evaluate=true",
+        "eval.llm_methods=[likelihood]",
+        "eval.baselines=[]",
+    ]
+    if (run / "checkpoints" / "latest").is_file():
+        cmd.append("--resume")
+        how = "resumed"
+    elif run.exists():  # killed before its first checkpoint: nothing finished to keep
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    run_logged(cmd, run.parent / f"{run.name}.log")
+    return read_method(run), how
+
+
+def read_method(run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    summary = json.loads((run / "train_summary.json").read_text())
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    llm = [v for k, v in results["methods"].items() if k.startswith("llm")]
+    if len(llm) != 1 or "per_sample" not in llm[0]:
+        raise RunnerError(f"{run / 'results.json'}: expected one LLM entry with per-sample values")
+    return {
+        "entry": llm[0],
+        "backbone": results.get("backbone"),
+        "train_seconds": round(sum(r["step_seconds"] for r in records), 1),
+        "train_samples": int(summary["samples"]),
+        "steps": int(summary["steps"]),
+        "trainable_parameters": int(summary["trainable_parameters"]),
+        "final_loss": summary.get("final_loss"),
+        "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
+    }
+
+
+def evaluate_baselines(seed: int, args, run: Path) -> dict[str, dict]:
+    """The protocol's baselines on the whole test split (``lorarec eval``), read back."""
+    if not (run / "results.json").is_file():
+        if run.exists():
+            shutil.rmtree(run)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            *lorarec_cmd(),
+            "eval",
+            args.config,
+            "--out",
+            str(run),
+            "--quiet",
+            *common_overrides(args, seed),
+            f"train.max_samples={args.samples}",
+            f"eval.baselines=[{','.join(args.baselines)}]",
+        ]
+        run_logged(cmd, run.parent / f"{run.name}.log")
+    results = json.loads((run / "results.json").read_text())
+    return {k: v for k, v in results["methods"].items() if k in args.baselines}
+
+
+def restrict(entry: dict, keys: list[str]) -> dict:
+    """``entry`` with its per-sample values restricted to ``keys``, in that order."""
+    ps = entry["per_sample"]
+    where = {k: i for i, k in enumerate(ps["key"])}
+    missing = [k for k in keys if k not in where]
+    if missing:
+        raise RunnerError(f"a baseline lacks {len(missing)} of the LLM's samples ({missing[0]})")
+    order = [where[k] for k in keys]
+    return {**entry, "per_sample": {c: [v[i] for i in order] for c, v in ps.items()}}
+
+
+def pooled(entries: dict[int, dict]) -> dict:
+    """One entry of every seed's samples, keyed ``seed:key`` (pairs by seed and sample)."""
+    cols: dict[str, list] = {}
+    for seed, e in entries.items():
+        for c, v in e["per_sample"].items():
+            cols.setdefault(c, []).extend([f"{seed}:{x}" for x in v] if c == "key" else v)
+    first = next(iter(entries.values()))
+    return {"metrics": first["metrics"], "per_sample": cols}
+
+
+def metric_intervals(entry: dict, metrics: list[str], n: int) -> dict[str, list[float]]:
+    from lorarec.trainer import metrics as M
+    from lorarec.trainer.evaluate import metric_statistic
+
+    out = {}
+    for m in metrics:
+        st = metric_statistic(entry, m)
+        if st is not None:
+            out[m] = [round(x, 6) for x in M.bootstrap_ci(st[0], st[1], n, seed=0)]
+    return out
+
+
+def compare(entry: dict, ref: dict | None, metrics: list[str], n: int) -> dict | None:
+    from lorarec.trainer.evaluate import paired_comparison
+
+    if ref is None:
+        return None
+    diffs = paired_comparison(entry, ref, n, seed=0, metrics=metrics)
+    return {m: [round(x, 6) for x in v] for m, v in diffs.items()}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def machine() -> str:
     model = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -90,114 +277,193 @@ def machine() -> str:
     return f"{platform.machine()} {model or platform.processor()}, {os.cpu_count()} CPUs"
 
 
-def backbone_description(config: str) -> str:
-    from lorarec.core.config import load_config
-    from lorarec.trainer.backbone import describe_backbone
-
-    return describe_backbone(load_config(ROOT / config).model)
+# ------------------------------------------------------------------ tables
 
 
-def cell(m: dict) -> str:
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+def fmt(v: list | None, signed: bool = False) -> str:
+    if not v:
+        return ""
+    s = "+.3f" if signed else ".3f"
+    lo = "nan" if v[1] != v[1] else format(v[1], s)
+    hi = "nan" if v[2] != v[2] else format(v[2], s)
+    return f"{format(v[0], s)} [{lo}, {hi}]"
 
 
-PAIRED = ["hr@1", "ndcg@10"]
+def table(result: dict) -> str:
+    """The README table of one protocol's result file."""
+    metrics = PROTOCOLS[result["protocol"]]["metrics"]
+    main = metrics[0] if result["protocol"] == "ctr" else "ndcg@10"
+    head = (
+        f"{result['protocol']}: {result['data']}; {result['eval_samples']} test "
+        f"{'pairs' if result['protocol'] == 'ctr' else 'users'}, {result['train_samples']} "
+        f"training samples per LLM method; {result['backbone']}; commit {result['commit'][:12]}, "
+        f"{result['machine']}; `{result['command']}`"
+    )
+    cols = [*metrics, f"{main} vs LoRA", f"{main} vs LoRA-collab", "train s", "trainable"]
+    lines = [head, "", "| method | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+    for name, r in result["methods"].items():
+        cells = [fmt(r["metrics"].get(m)) for m in metrics]
+        cells += [fmt((r.get("vs_lora") or {}).get(main), True)]
+        cells += [fmt((r.get("vs_lora_collab") or {}).get(main), True)]
+        ts, tp = r.get("train_seconds"), r.get("trainable_parameters")
+        cells += ["" if ts is None else f"{ts:.0f}", "" if tp is None else f"{tp:,}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def vs_lora(entry: dict, lora: dict | None, n_resamples: int) -> dict | None:
-    """``{metric: [diff, lo, hi]}``: ``entry`` minus plain LoRA, paired by sample key."""
-    from lorarec.trainer.evaluate import paired_comparison
+def update_readme(paths: list[Path]) -> None:
+    """Replace the README block between ``<!-- quality-<protocol> -->`` markers with the table
+    generated from each result file."""
+    from lorarec.core.io import write_text_atomic
 
-    if lora is None:
-        return None
-    return paired_comparison(entry, lora, n_resamples, seed=0, metrics=PAIRED)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for path in paths:
+        result = json.loads(path.read_text())
+        tag = f"quality-{result['protocol']}"
+        pattern = re.compile(rf"(<!-- {tag} -->\n).*?(<!-- /{tag} -->)", re.S)
+        if not pattern.search(text):
+            raise RunnerError(f"README.md has no <!-- {tag} --> ... <!-- /{tag} --> block")
+        block = table(result)
+        text = pattern.sub(lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text)
+    write_text_atomic(readme, text)
 
 
-def diff_cells(diffs: dict | None) -> str:
-    from lorarec.trainer.evaluate import diff_text
-
-    return " | ".join(diff_text(None if diffs is None else diffs.get(m)) for m in PAIRED)
+# ------------------------------------------------------------------ main
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--llm-limit", type=int, default=None)
-    p.add_argument("--adapters", nargs="+", default=ADAPTERS, choices=ADAPTERS)
-    p.add_argument("--runs", default=str(ROOT / "runs/bench_quality"))
-    p.add_argument("--quick", action="store_true", help="tiny backbone, 4 steps, 8 users")
-    p.add_argument("--json", default=str(ROOT / "bench/results/quality.json"))
-    p.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
-    args = p.parse_args()
-    if args.quick:
-        args.config = "configs/tiny.yaml"
-    args.steps = args.steps or (4 if args.quick else 30)
-    args.llm_limit = args.llm_limit or (8 if args.quick else 100)
-    tag = f"{Path(args.config).stem}-s{args.steps}-u{args.llm_limit}"
+def run(args) -> dict:
+    proto = PROTOCOLS[args.protocol]
+    runs = Path(args.runs)
+    if runs.exists() and any(runs.iterdir()) and not args.resume:
+        raise RunnerError(f"{runs} holds runs: pass --resume to continue them, or another --runs")
+    runs.mkdir(parents=True, exist_ok=True)
+    sched = budget(args, common_overrides(args, args.seeds[0]))
     start = time.perf_counter()
-    rows = {a: train(a, args, Path(args.runs) / tag / a) for a in args.adapters}
-    first = rows[args.adapters[0]]
-    baselines = {
-        k.replace(" (llm subset)", ""): v
-        for k, v in first["baselines"].items()
-        if "llm subset" in k
+    per_seed: dict[str, dict[int, dict]] = {}
+    info: dict[str, dict[int, dict]] = {}
+    total = len(args.seeds) * (len(args.methods) + 1)
+    done = 0
+    for seed in args.seeds:
+        for name in args.methods:
+            t0 = time.perf_counter()
+            row, how = train_method(name, seed, args, sched, runs / f"{name}-s{seed}")
+            done += 1
+            per_seed.setdefault(name, {})[seed] = row["entry"]
+            info.setdefault(name, {})[seed] = row
+            main = next(iter(proto["metrics"])) if args.protocol == "ctr" else "ndcg@10"
+            m = row["entry"]["metrics"].get(main, {})
+            print(
+                f"[{done}/{total}] {name} seed {seed}: {how}, {row['train_samples']} samples, "
+                f"train {row['train_seconds']:.0f} s, {main} {m.get('value', float('nan')):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+        t0 = time.perf_counter()
+        keys = next(iter(per_seed.values()))[seed]["per_sample"]["key"] if per_seed else None
+        for name, entry in evaluate_baselines(seed, args, runs / f"baselines-s{seed}").items():
+            per_seed.setdefault(name, {})[seed] = restrict(entry, keys) if keys else entry
+        done += 1
+        print(
+            f"[{done}/{total}] baselines seed {seed}: {', '.join(args.baselines)} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    entries = {name: pooled(e) for name, e in per_seed.items()}
+    n = args.bootstrap
+    refs = {r: entries.get(r) for r in REFERENCES}
+    methods = {}
+    for name, entry in entries.items():
+        out = {
+            "metrics": metric_intervals(entry, proto["metrics"], n),
+            "n": len(entry["per_sample"]["key"]),
+        }
+        for r in REFERENCES:
+            out[f"vs_{r}"] = compare(entry, refs[r], proto["metrics"], n)
+        if name in info:
+            rows = list(info[name].values())
+            out.update(
+                train_seconds=round(sum(r["train_seconds"] for r in rows), 1),
+                train_samples=sum(r["train_samples"] for r in rows),
+                trainable_parameters=rows[0]["trainable_parameters"],
+                final_loss=[r["final_loss"] for r in rows],
+                runs=[r["run"] for r in rows],
+            )
+        else:
+            out["kind"] = "baseline"
+        methods[name] = out
+    backbone = next((r["backbone"] for rows in info.values() for r in rows.values()), None)
+    return {
+        "protocol": args.protocol,
+        "commit": git_commit(),
+        "command": " ".join(["python", "bench/quality.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "backbone": backbone,
+        "config": args.config,
+        "data": "ML-100K, "
+        + ("global time split (8:1:1)" if args.protocol == "ctr" else "per-user split"),
+        "seeds": args.seeds,
+        "train_samples": args.samples,
+        "eval_samples": args.eval,
+        "steps": sched["steps"],
+        "global_batch": sched["global_batch"],
+        "bootstrap": n,
+        "seconds": round(time.perf_counter() - start, 1),
+        "methods": methods,
     }
-    lora = rows["lora"]["entry"] if "lora" in rows else None
-    n_resamples = first["bootstrap"]
-    for res in [*baselines.values(), *rows.values()]:
-        res["vs_lora"] = vs_lora(res.get("entry", res), lora, n_resamples)
-    lines = [
-        f"ML-100K next item, test, {first['n']} users (the LLM subset), 20 fixed candidates; "
-        f"{args.config}, {args.steps} steps; 95% bootstrap intervals; vs LoRA: paired "
-        "difference (method minus LoRA) on the same users, 95% paired bootstrap interval",
-        "",
-        "| method | HR@1 | NDCG@10 | HR@1 vs LoRA | NDCG@10 vs LoRA | train time (s) | "
-        "trainable parameters |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, res in baselines.items():
-        m = res["metrics"]
-        lines.append(
-            f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | {diff_cells(res['vs_lora'])}"
-            " | | |"
-        )
-    for name, res in rows.items():
-        m = res["metrics"]
-        lines.append(
-            f"| {name} | {cell(m['hr@1'])} | {cell(m['ndcg@10'])} | {diff_cells(res['vs_lora'])}"
-            f" | {res['train_seconds']:.0f} | {res['trainable_parameters']:,} |"
-        )
-    table = "\n".join(lines)
-    print(table)
+
+
+def parse(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="ctr")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument(
+        "--samples",
+        type=int,
+        help="training samples per method (default: 2000 for ctr, 1000 for next_item)",
+    )
+    p.add_argument("--eval", type=int, help="test samples (default 2000 ctr, 500 next_item)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--baselines", nargs="*", help="default: the protocol's")
+    p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--runs", help="run directories (default runs/bench_quality/<protocol>)")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --runs")
+    p.add_argument("--json", help="default bench/results/quality-<protocol>.json")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="only regenerate the README tables from bench/results/quality-*.json",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    args = p.parse_args(argv)
+    proto = PROTOCOLS[args.protocol]
+    args.samples = args.samples or proto["samples"]
+    args.eval = args.eval or proto["eval"]
+    args.baselines = proto["baselines"] if args.baselines is None else args.baselines
+    args.runs = args.runs or str(ROOT / "runs/bench_quality" / args.protocol)
+    args.json = args.json or str(ROOT / f"bench/results/quality-{args.protocol}.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the running child too
+    try:
+        if args.readme:
+            update_readme(sorted((ROOT / "bench/results").glob("quality-*.json")))
+            return 0
+        result = run(args)
+    except RunnerError as e:
+        print(f"bench/quality.py: {e}", file=sys.stderr)
+        return 2
     from lorarec.core.io import write_json_atomic
 
-    write_json_atomic(
-        Path(args.json),
-        {
-            "command": " ".join(["python", "bench/quality.py", *sys.argv[1:]]),
-            "commit": subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip(),
-            "machine": machine(),
-            "backbone": backbone_description(args.config),
-            "config": args.config,
-            "steps": args.steps,
-            "llm_limit": args.llm_limit,
-            "adapters": {
-                a: {k: v for k, v in r.items() if k not in ("baselines", "entry")}
-                for a, r in rows.items()
-            },
-            "baselines": {
-                name: {k: v for k, v in r.items() if k != "per_sample"}
-                for name, r in baselines.items()
-            },
-            "table": table,
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    )
+    print(table(result))
+    write_json_atomic(Path(args.json), result)
     print(f"results: {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

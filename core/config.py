@@ -117,9 +117,13 @@ class SASRecConfig:
 @dataclass
 class EvalConfig:
     split: Literal["valid", "test"] = "test"
-    baselines: list[Literal["random", "popularity", "sasrec"]] = field(
-        default_factory=lambda: ["random", "popularity", "sasrec"]
-    )
+    baselines: list[
+        Literal[
+            "random", "popularity", "sasrec", "like_rate", "mf", "din", "lightgcn", "sasrec_subset"
+        ]
+    ] = field(default_factory=lambda: ["random", "popularity", "sasrec"])
+    """``like_rate``, ``mf`` and ``din`` are CTR-only (trained on the like/dislike labels);
+    ``sasrec_subset`` is SASRec trained on the ``train.max_samples`` samples the LLM trains on."""
     llm_methods: list[Literal["likelihood", "generation"]] = field(
         default_factory=lambda: ["likelihood", "generation"]
     )
@@ -136,6 +140,10 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    collab_tokens: bool = False
+    """Plain LoRA given the collaborative embeddings of the prompt's user and items as input
+    tokens at their placeholders (CoLLM's design; ``train.adapter: lora`` only): the row that
+    separates a graph adapter's structure from the collaborative signal it carries."""
 
 
 @dataclass
@@ -367,7 +375,31 @@ def load_config(
         apply_override(raw, item)
     cfg = from_dict(RunConfig, raw, origin)
     check_adapter(cfg, origin)
+    check_baselines(cfg.eval.baselines, cfg.data.task, cfg.train.max_samples, origin)
     return cfg
+
+
+CTR_ONLY_BASELINES = ("like_rate", "mf", "din")
+"""Evaluation baselines trained on the like/dislike labels: ``ctr`` tasks only."""
+
+
+def check_baselines(
+    baselines: list[str], task: str, max_samples: int | None, origin: str = ""
+) -> None:
+    """Refuse evaluation baselines the task or the config cannot have, before anything is
+    trained (``lorarec train`` evaluates after training)."""
+    where = f"{origin}: " if origin else ""
+    for name in baselines:
+        if name in CTR_ONLY_BASELINES and not task.startswith("ctr"):
+            raise ConfigError(
+                f"{where}eval.baselines: {name} is a CTR baseline (trained on like/dislike "
+                f"labels) and cannot score the {task} task; remove it or use data.task=ctr"
+            )
+        if name == "sasrec_subset" and max_samples is None:
+            raise ConfigError(
+                f"{where}eval.baselines: sasrec_subset needs train.max_samples (the size of "
+                "the training subset the LLM trains on), which is null"
+            )
 
 
 def check_adapter(cfg: RunConfig, origin: str) -> None:
@@ -378,6 +410,16 @@ def check_adapter(cfg: RunConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: train.lora.rank={t.lora.rank} must be a multiple of "
             f"train.{t.adapter}.experts={experts} (each expert has rank r / E)"
+        )
+    if t.lora.collab_tokens and t.adapter != "lora":
+        raise ConfigError(
+            f"{origin}: train.lora.collab_tokens is plain LoRA's option (train.adapter: lora), "
+            f"got train.adapter={t.adapter}"
+        )
+    if t.lora.collab_tokens and t.graph.init == "random":
+        raise ConfigError(
+            f"{origin}: train.lora.collab_tokens embeds pre-trained collaborative embeddings: "
+            "train.graph.init must be lightgcn or mf, got random"
         )
     if t.adapter == "reclora" and t.reclora.banks < 1:
         raise ConfigError(f"{origin}: train.reclora.banks must be at least 1")

@@ -538,7 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpus-per-node", type=int, help="default: launch.ranks_per_node")
     pl.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
     pl.add_argument("--cpu-mem", type=float, help="host GiB per node (checked when given)")
-    pl.add_argument("--adapter", choices=["lora", "graphlora", "reclora", "ilora", "graphmoe"])
+    pl.add_argument(
+        "--adapter",
+        choices=["lora", "lora+collab", "graphlora", "reclora", "ilora", "graphmoe"],
+        help="lora+collab: plain LoRA with collab tokens (train.lora.collab_tokens)",
+    )
     pl.add_argument("--rank", type=int, help="default: train.lora.rank")
     pl.add_argument("--seq-len", type=int, help="tokens per sample (default: train.max_length)")
     pl.add_argument("--micro-batch", type=int, help="default: train.micro_batch_size")

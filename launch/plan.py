@@ -22,7 +22,8 @@ trainable adapter parameters, ``L`` the most parameters one module holds itself)
   the largest layer) and the gradient reduce bucket;
 * on CPU ranks (``--device cpu``, gloo), gloo's all-gather stages a copy of the module being
   gathered: ``2 L`` more;
-* frozen encoders held whole by every rank (iLoRA's and RecLoRA's SASRec, fp32);
+* frozen encoders held whole by every rank (iLoRA's and RecLoRA's SASRec; the collaborative
+  table of LoRA's collab tokens; fp32);
 * activations of a micro-batch of ``T = B x seq_len`` tokens, per decoder layer and token
   ``16 h + 4 h_kv + 6 i`` bytes (fp32 RMSNorm inputs, normed inputs, rotated q/k, v, attention
   output with a fused attention kernel, gate/up/SiLU outputs of the MLP), plus a dropout copy
@@ -81,7 +82,7 @@ class Counts:
     adapted_inputs: int
     """Sum of the input widths of the adapted modules of one decoder layer."""
     encoders: int
-    """Frozen encoders every rank holds whole (SASRec), fp32."""
+    """Frozen encoders every rank holds whole (SASRec; the collab tokens' table), fp32."""
 
 
 @dataclass
@@ -255,6 +256,8 @@ def count(
                 SASRecShape(items, s.hidden_size, s.num_layers, s.num_heads, s.dropout, s.max_len)
             )
         encoders = sum(p.numel() for p in enc.parameters())
+    if t.adapter == "lora" and t.lora.collab_tokens and not full:
+        encoders = graph_nodes * t.graph.node_dim  # the frozen collaborative table
     return Counts(
         backbone=backbone,
         base=base,
@@ -436,7 +439,8 @@ def render(p: Plan, seconds: float | None = None) -> str:
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(p.counts.adapter_parts.items()))
         lines.append(f"  adapter parameters   {c.adapter:,} trainable ({parts})")
         if c.encoders:
-            lines.append(f"  frozen encoders      {c.encoders:,} (SASRec, whole on every rank)")
+            enc = "collaborative table" if w.adapter == "lora+collab" else "SASRec"
+            lines.append(f"  frozen encoders      {c.encoders:,} ({enc}, whole on every rank)")
     lines.append(
         f"  micro-batch {w.micro_batch} x {w.seq_len} tokens, gradient checkpointing "
         f"{'on' if w.grad_checkpointing else 'off'}, offload {w.offload}"
@@ -507,7 +511,11 @@ def launch_command(p: Plan, config: str | None, ds_path: str) -> str:
         f"model.backbone={p.counts.backbone}",
         "model.dtype=bfloat16",
         f"deepspeed.config={ds_path}",
-        f"train.adapter={w.adapter}",
+        *(
+            ["train.adapter=lora", "train.lora.collab_tokens=true"]
+            if w.adapter == "lora+collab"
+            else [f"train.adapter={w.adapter}"]
+        ),
         f"train.lora.rank={w.rank}",
         f"train.max_length={w.seq_len}",
         f"train.micro_batch_size={w.micro_batch}",
@@ -525,6 +533,7 @@ def launch_command(p: Plan, config: str | None, ds_path: str) -> str:
 
 def main(args) -> int:
     from lorarec.core.config import load_config
+    from lorarec.trainer.conditioning import adapter_label
 
     start = time.perf_counter()
     for name, value in (
@@ -545,8 +554,10 @@ def main(args) -> int:
     if args.reserve is not None and args.reserve < 0:
         raise UsageError(f"--reserve must be at least 0 GiB, got {args.reserve}")
     overrides = list(args.overrides)
-    if args.adapter:
-        overrides.append(f"train.adapter={args.adapter}")
+    if args.adapter:  # lora+collab: plain LoRA with collab tokens
+        collab = args.adapter == "lora+collab"
+        overrides.append(f"train.adapter={'lora' if collab else args.adapter}")
+        overrides.append(f"train.lora.collab_tokens={'true' if collab else 'false'}")
     if args.rank is not None:
         overrides.append(f"train.lora.rank={args.rank}")
     cfg = load_config(args.config, overrides)
@@ -570,7 +581,7 @@ def main(args) -> int:
         device=args.device,
     )
     work = Workload(
-        adapter=t.adapter,
+        adapter=adapter_label(cfg),
         rank=t.lora.rank,
         seq_len=args.seq_len or t.max_length,
         micro_batch=args.micro_batch or t.micro_batch_size,

@@ -20,28 +20,6 @@ BATCH, TOKENS, NODES, ITEMS, C = 3, 11, 24, 12, 16
 TARGETS = ["q_proj", "v_proj"]
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=101,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def ids():
-    return torch.randint(0, 101, (BATCH, TOKENS), generator=torch.Generator().manual_seed(1))
-
-
 def make_conditioning(seed: int = 2) -> Conditioning:
     g = torch.Generator().manual_seed(seed)
     node_index = torch.full((BATCH, TOKENS), -1)

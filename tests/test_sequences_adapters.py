@@ -43,25 +43,28 @@ def ml100k_sequences(ml100k_prepared, tmp_path_factory):
     return out
 
 
+# case: (train.adapter, extra overrides). RecLoRA runs ilora's code path here (SASRec
+# conditioning, no placeholders) and is left to the user-id tests.
 ADAPTERS = {
-    "lora": [],
-    "graphlora": ["train.graph.fanouts=[5,3]"],  # the graph service on Ray, item-item cuts
-    "reclora": ["train.reclora.banks=2", "graph_service.backend=inprocess"],
-    "ilora": ["graph_service.backend=inprocess"],
-    "graphmoe": ["graph_service.backend=inprocess"],
+    # plain LoRA with collab tokens: item placeholders only, item-item LightGCN table
+    "lora_collab": ("lora", ["train.lora.collab_tokens=true"]),
+    "graphlora": ("graphlora", ["train.graph.fanouts=[5,3]"]),  # graph service on Ray
+    "ilora": ("ilora", ["graph_service.backend=inprocess"]),
+    "graphmoe": ("graphmoe", ["graph_service.backend=inprocess"]),
 }
 
 
-@pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_adapter_trains_and_evaluates_on_sequences_format(ml100k_sequences, tmp_path, adapter):
+@pytest.mark.parametrize("case", list(ADAPTERS))
+def test_adapter_trains_and_evaluates_on_sequences_format(ml100k_sequences, tmp_path, case):
     data = PreparedData.open(ml100k_sequences, "next_item")
     assert data.num_users == 0
-    run = tmp_path / adapter
+    adapter, extra = ADAPTERS[case]
+    run = tmp_path / case
     proc = run_train(
         ml100k_sequences,
         run,
         f"train.adapter={adapter}",
-        *ADAPTERS[adapter],
+        *extra,
         "train.max_steps=2",
         "train.evaluate=true",
         "sasrec.epochs=1",
@@ -77,3 +80,7 @@ def test_adapter_trains_and_evaluates_on_sequences_format(ml100k_sequences, tmp_
     results = json.loads((run / "results.json").read_text())
     rows = [name for name in results["methods"] if "likelihood" in name]
     assert rows, results["methods"].keys()
+    if case == "lora_collab":  # the collab method was trained, exported and evaluated
+        exported = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        assert exported["peft_type"] == "COLLAB"
+        assert all("+ lora+collab" in name for name in rows), rows

@@ -11,13 +11,15 @@ import logging
 
 import torch
 
-from lorarec.trainer.conditioning import GRAPH_ADAPTERS, SEQUENCE_ADAPTERS
+from lorarec.trainer.conditioning import GRAPH_ADAPTERS, SEQUENCE_ADAPTERS, collab_tokens
 
 log = logging.getLogger(__name__)
 
 
 def peft_config(cfg, data):
-    """The PEFT config of ``cfg.train.adapter`` (``lora``: PEFT's own ``LoraConfig``)."""
+    """The PEFT config of ``cfg.train.adapter`` (``lora``: PEFT's own ``LoraConfig``; with
+    ``train.lora.collab_tokens``, lorarec's ``collab`` method: the same LoRA plus a projector of
+    the collaborative embeddings at the placeholder tokens)."""
     t, lc = cfg.train, cfg.train.lora
     common = dict(
         r=lc.rank,
@@ -26,11 +28,14 @@ def peft_config(cfg, data):
         target_modules=list(lc.target_modules),
         task_type="CAUSAL_LM",
     )
-    if t.adapter == "lora":
+    if t.adapter == "lora" and not t.lora.collab_tokens:
         from peft import LoraConfig
 
         return LoraConfig(**common)
     import lorarec.adapters as A
+
+    if collab_tokens(cfg):
+        return A.CollabConfig(**common, node_dim=t.graph.node_dim)
 
     graph = dict(
         num_nodes=data.num_users + data.num_items,
@@ -87,7 +92,7 @@ def attach_adapter(model, cfg, data):
 
             with torch.no_grad():
                 gnn.text_features.copy_(torch.as_tensor(ensure_text_features(data, create=False)))
-    if cfg.train.adapter != "lora":
+    if cfg.train.adapter != "lora" or collab_tokens(cfg):
         from lorarec.adapters import enable_conditioning_kwarg
 
         enable_conditioning_kwarg(model)
@@ -112,6 +117,10 @@ def prepare_adapter_inputs(cfg, data) -> None:
     t = cfg.train
     if t.adapter in SEQUENCE_ADAPTERS:
         load_sasrec(cfg, data, create=True)
+    if collab_tokens(cfg):
+        from lorarec.trainer.collab import ensure_collab_embeddings
+
+        ensure_collab_embeddings(data, t.graph, t.seed, create=True)
     if t.adapter in GRAPH_ADAPTERS:
         if t.graph.init != "random":
             from lorarec.trainer.collab import ensure_collab_embeddings

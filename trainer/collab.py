@@ -1,4 +1,5 @@
-"""Collaborative node embeddings that GraphLoRA's and GraphMoE's graph networks start from.
+"""Collaborative node embeddings that GraphLoRA's and GraphMoE's graph networks start from, and
+that plain LoRA's collab tokens (``train.lora.collab_tokens``) embed, propagated.
 
 The reference pre-trains matrix factorisation; here BPR-trained LightGCN (default) or MF on the
 training graph only (users ``0..U-1``, items ``U..``), full-graph propagation with
@@ -101,6 +102,8 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         "epochs": graph_cfg.init_epochs,
         "seed": seed,
     }
+    if graph_cfg.init == "lightgcn":  # the propagation depth BPR trains through
+        settings["layers"] = graph_cfg.layers
     path = data.cache_dir("collab", data.cache_key(task=data.task, **settings))
     file = path / "embeddings.safetensors"
     if file.is_file():
@@ -115,6 +118,7 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         graph_cfg.node_dim,
         kind=graph_cfg.init,
         epochs=graph_cfg.init_epochs,
+        layers=graph_cfg.layers,
         seed=seed,
     )
     with atomic_path(path) as tmp:
@@ -125,3 +129,28 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         "collaborative %s embeddings: BPR loss %.4f", graph_cfg.init, summary["final_bpr_loss"]
     )
     return emb.astype(np.float32)
+
+
+def propagated_embeddings(
+    emb: np.ndarray | torch.Tensor, indptr: np.ndarray, indices: np.ndarray, layers: int
+) -> torch.Tensor:
+    """LightGCN's final embeddings: the mean over ``k = 0..layers`` of ``Â^k E0``, with ``Â``
+    the training graph's :func:`normalised_adjacency` and ``E0`` the layer-0 embeddings."""
+    x = torch.as_tensor(np.asarray(emb), dtype=torch.float32)
+    if x.shape[0] != len(indptr) - 1:
+        raise ValueError(f"{x.shape[0]} embeddings for a graph of {len(indptr) - 1} nodes")
+    adj = normalised_adjacency(np.asarray(indptr), np.asarray(indices))
+    outs = [x]
+    for _ in range(layers):
+        x = torch.sparse.mm(adj, x)
+        outs.append(x)
+    return torch.stack(outs).mean(0)
+
+
+def collab_token_table(data, graph_cfg, emb: np.ndarray) -> torch.Tensor:
+    """The frozen table of ``train.lora.collab_tokens`` (nodes, node_dim): the collaborative
+    model's final embeddings, LightGCN-propagated over ``train.graph.layers`` (MF's as they are)."""
+    if graph_cfg.init != "lightgcn":
+        return torch.as_tensor(np.array(emb, dtype=np.float32))
+    indptr, indices = data.graph()
+    return propagated_embeddings(emb, indptr, indices, graph_cfg.layers)

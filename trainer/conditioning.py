@@ -8,6 +8,9 @@
 * iLoRA, RecLoRA: the frozen SASRec's representation of each sample's long history
   (``data.history_long`` items); with iLoRA's hybrid prompt, item placeholder tokens and the
   SASRec item table.
+* LoRA with collab tokens (``train.lora.collab_tokens``, CoLLM): placeholder tokens for the user
+  (data with users) and every item in the prompt; ``item_index`` maps each to its global node,
+  ``item_table`` is the frozen LightGCN-propagated collaborative table.
 
 Node ids: users ``0..U-1``, items ``U + item``.
 
@@ -40,6 +43,16 @@ GRAPH_ADAPTERS = ("graphlora", "graphmoe")
 SEQUENCE_ADAPTERS = ("ilora", "reclora")
 
 
+def collab_tokens(cfg) -> bool:
+    """Plain LoRA with the collaborative embeddings as input tokens (CoLLM's design)."""
+    return cfg.train.adapter == "lora" and cfg.train.lora.collab_tokens
+
+
+def adapter_label(cfg) -> str:
+    """The run's adapter as results and plans name it (``lora+collab``: with collab tokens)."""
+    return "lora+collab" if collab_tokens(cfg) else cfg.train.adapter
+
+
 def uses_service(cfg, data) -> bool:
     """Whether this run's adapter reads neighbourhoods or per-user histories (data with users)."""
     a = cfg.train.adapter
@@ -70,7 +83,7 @@ def connect_graph_service(cfg, data):
 
 def placeholder_kinds(cfg) -> frozenset[str]:
     t = cfg.train
-    if t.adapter == "graphlora":
+    if t.adapter == "graphlora" or collab_tokens(cfg):
         return frozenset({"user", "item"})
     if t.adapter == "ilora" and t.ilora.hybrid_prompt:
         return frozenset({"item"})
@@ -104,8 +117,11 @@ def sample_cut(sample: dict, num_users: int):
 
 
 class ConditioningBuilder:
-    def __init__(self, cfg, data, sasrec=None, client=None):
+    def __init__(self, cfg, data, sasrec=None, client=None, collab=None):
+        """``collab``: the layer-0 collaborative embeddings of collab tokens (None: the cached
+        ones, which the launching process created)."""
         self.adapter = cfg.train.adapter
+        self.collab = collab_tokens(cfg)
         self.client = client
         self.kinds = placeholder_kinds(cfg)
         self.num_users = data.num_users
@@ -126,10 +142,17 @@ class ConditioningBuilder:
             self.sasrec = sasrec.eval().requires_grad_(False)
             self.history_long = cfg.data.history_long
             self.item_table = self.sasrec.item_embeddings().detach().clone()
+        if self.collab:
+            from lorarec.trainer.collab import collab_token_table, ensure_collab_embeddings
+
+            g = cfg.train.graph
+            if collab is None:
+                collab = ensure_collab_embeddings(data, g, cfg.train.seed, create=False)
+            self.item_table = collab_token_table(data, g, collab)
 
     @property
     def active(self) -> bool:
-        return self.adapter != "lora"
+        return self.adapter != "lora" or self.collab
 
     def graph_seeds(self, sample: dict, marks: list[tuple[int, str, int]]) -> list[int]:
         """The nodes a sample's neighbourhood is sampled around: its user (if any) and the
@@ -186,6 +209,13 @@ class ConditioningBuilder:
                         if kind == "item":
                             index[row, off + pos] = ident
                 cond.item_index, cond.item_table = index, self.item_table
+        if self.collab:
+            index = torch.full((len(samples), width), -1, dtype=torch.long)
+            node_of = {"user": lambda i: i, "item": lambda i: self.num_users + i}
+            for row, (m, off) in enumerate(zip(marks, offsets)):
+                for pos, kind, ident in m:
+                    index[row, off + pos] = node_of[kind](ident)
+            cond.item_index, cond.item_table = index, self.item_table
         if self.adapter in GRAPH_ADAPTERS:
             seeds = [self.graph_seeds(s, m) for s, m in zip(samples, marks)]
             sub = self.subgraphs(samples, seeds, epoch)

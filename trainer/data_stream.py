@@ -40,6 +40,17 @@ class StepSlots:
         return sum(len(s) for s in self.slots)
 
 
+def training_subset(num_samples: int, subset_size: int | None, seed: int) -> np.ndarray | None:
+    """The canonical indices (sorted) of the training samples trained on when
+    ``train.max_samples`` is ``subset_size``: a fixed subset seeded by ``(seed, 7)``, the same
+    every epoch; None when every sample is trained on. The canonical index of a sample is its
+    position in the train split's shard order (``PreparedData.samples("train")``)."""
+    if subset_size is None or subset_size >= num_samples:
+        return None
+    keep = np.random.default_rng([seed, 7]).choice(num_samples, size=subset_size, replace=False)
+    return np.sort(keep)
+
+
 class TrainStream:
     def __init__(
         self,
@@ -70,10 +81,8 @@ class TrainStream:
             )
         self.offsets = np.cumsum([0] + self.shard_counts[:-1])
         # Few2Many: a fixed seeded subset of the canonical indices (the same every epoch).
-        if subset_size is not None and subset_size < num_samples:
-            keep = np.random.default_rng([seed, 7]).choice(
-                num_samples, size=subset_size, replace=False
-            )
+        keep = training_subset(num_samples, subset_size, seed)
+        if keep is not None:
             self.mask = np.zeros(num_samples, dtype=bool)
             self.mask[keep] = True
         else:

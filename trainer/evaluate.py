@@ -1,4 +1,6 @@
-"""Evaluation on the fixed candidates: baselines (random, popularity, SASRec) and the LLM.
+"""Evaluation on the fixed candidates: baselines (random, popularity, SASRec, SASRec on the
+LLM's training subset, LightGCN; for ``ctr`` also the label-trained like-rate, MF and DIN) and
+the LLM.
 
 ``next_item`` is scored two ways:
 
@@ -373,8 +375,22 @@ def evaluate_baselines(
     subset: np.ndarray | None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from lorarec.trainer.baselines import item_popularity, popularity_scores, random_scores
+    from lorarec.core.config import check_baselines
+    from lorarec.trainer.baselines import (
+        PROBABILITIES,
+        item_popularity,
+        lightgcn_baseline,
+        popularity_scores,
+        random_scores,
+    )
+    from lorarec.trainer.ctr_models import (
+        ctr_model_scores,
+        ensure_ctr_model,
+        like_rates,
+        settings_for,
+    )
 
+    check_baselines(cfg.eval.baselines, data.task, cfg.train.max_samples)
     out: dict[str, Any] = {}
     cached: list[list[dict]] = []
 
@@ -391,8 +407,18 @@ def evaluate_baselines(
             scores = random_scores(samples, cfg.eval.seed)
         elif name == "popularity":
             scores = popularity_scores(samples, item_popularity(train(), data.num_items))
-        else:
-            model, extra = ensure_sasrec(data, cfg, train, progress)
+        elif name == "like_rate":
+            targets = np.array([s["target"] for s in samples], dtype=np.int64)
+            scores = like_rates(train(), data.num_items)[targets][:, None]
+        elif name in ("mf", "din"):
+            settings = settings_for(name, cfg.train.seed, cfg.data.history_long)
+            model, shape, extra = ensure_ctr_model(data, name, settings, train, progress)
+            scores = ctr_model_scores(model, name, shape, settings, samples)[:, None]
+        elif name == "lightgcn":
+            scores, extra = lightgcn_baseline(data, cfg, samples)
+        else:  # sasrec, sasrec_subset
+            subset_of = (cfg.train.max_samples, cfg.train.seed) if name == "sasrec_subset" else None
+            model, extra = ensure_sasrec(data, cfg, train, progress, subset=subset_of)
             if is_ctr:
                 with torch.no_grad():
                     rep = model.sequence_representation([s["history"] for s in samples])
@@ -418,7 +444,7 @@ def evaluate_baselines(
                 metrics = M.ctr_report(
                     users, labels, probs, cfg.eval.bootstrap, cfg.eval.seed, keys, label
                 )
-                if name != "sasrec":
+                if name not in PROBABILITIES:
                     metrics.pop("logloss")
                 per_sample = ctr_per_sample(keys, users, labels, probs)
             else:
@@ -434,32 +460,51 @@ def evaluate_baselines(
     return out
 
 
-def sasrec_cache_dir(data: PreparedData, cfg: RunConfig) -> tuple[Path, dict]:
+def sasrec_cache_dir(
+    data: PreparedData, cfg: RunConfig, subset: tuple[int, int] | None = None
+) -> tuple[Path, dict]:
     """Where the SASRec trained for this prepared data and these settings is cached
     (``$LORAREC_HOME/sasrec/<key>``), and the key: the sha256 of the data's manifest (which
-    holds the sha256 of every prepared file), the task and the SASRec settings."""
-    key = data.cache_key(task=data.task, sasrec=vars(cfg.sasrec))
+    holds the sha256 of every prepared file), the task and the SASRec settings (and
+    ``subset``'s size and seed, for a SASRec trained on a training subset)."""
+    extra = {} if subset is None else {"subset": {"size": subset[0], "seed": subset[1]}}
+    key = data.cache_key(task=data.task, sasrec=vars(cfg.sasrec), **extra)
     return data.cache_dir("sasrec", key), key
 
 
 def ensure_sasrec(
-    data: PreparedData, cfg: RunConfig, train: Callable[[], list[dict]], progress: bool = True
+    data: PreparedData,
+    cfg: RunConfig,
+    train: Callable[[], list[dict]],
+    progress: bool = True,
+    subset: tuple[int, int] | None = None,
 ):
     """Load the SASRec trained for this data and config from the cache, or train and cache it;
-    ``train()`` gives the training samples, read only when there is something to train."""
+    ``train()`` gives the training samples, read only when there is something to train.
+
+    ``subset=(size, seed)``: trained only on the training samples the LLM trains on with
+    ``train.max_samples=size`` and ``train.seed=seed``
+    (:func:`lorarec.trainer.data_stream.training_subset`, as the training stream picks them),
+    each sample one sequence: its history followed by its target."""
     import json
 
+    from lorarec.trainer.data_stream import training_subset
     from lorarec.trainer.sasrec import SASRec, train_sasrec
 
-    path, key = sasrec_cache_dir(data, cfg)
+    path, key = sasrec_cache_dir(data, cfg, subset)
     if (path / "config.json").is_file():
         meta = json.loads((path / "config.json").read_text()).get("meta", {})
         if meta.get("key") == json.loads(json.dumps(key)):
             log.info("sasrec: reusing %s", path)
             return SASRec.load(path), meta.get("train", {})
     s = cfg.sasrec
+    samples, sequences = train(), None
+    if subset is not None:
+        keep = training_subset(len(samples), *subset)
+        samples = samples if keep is None else [samples[i] for i in keep]
+        sequences = [[*x["history"], x["target"]] for x in samples]
     model, info = train_sasrec(
-        train(),
+        samples,
         data.samples("valid"),
         data.num_items,
         hidden_size=s.hidden_size,
@@ -473,8 +518,11 @@ def ensure_sasrec(
         weight_decay=s.weight_decay,
         seed=s.seed,
         progress=progress,
+        sequences=sequences,
     )
     summary = {"best_epoch": info["best_epoch"], "best_valid_ndcg@10": info["best_valid_ndcg@10"]}
+    if subset is not None:
+        summary["train_samples"] = len(samples)
     model.save(path, extra={"key": key, "train": summary})
     return model, summary
 
@@ -506,8 +554,10 @@ def run_evaluation(
         label = f"llm {cfg.model.backbone}"
         conditioning = None
         if adapter:
+            from lorarec.trainer.conditioning import adapter_label
+
             model, conditioning = load_adapter(model, adapter, cfg, data)
-            label += f" + {cfg.train.adapter} ({Path(adapter).name})"
+            label += f" + {adapter_label(cfg)} ({Path(adapter).name})"
         else:
             label += " zero-shot"
         results["methods"].update(
@@ -619,22 +669,33 @@ def load_adapter(model, adapter: str, cfg: RunConfig, data: PreparedData):
     import lorarec.adapters  # noqa: F401  (registers the lorarec PEFT methods)
     from lorarec.core.errors import ConfigError
     from lorarec.trainer.adapter import load_sasrec
-    from lorarec.trainer.conditioning import SEQUENCE_ADAPTERS, ConditioningBuilder
+    from lorarec.trainer.conditioning import (
+        SEQUENCE_ADAPTERS,
+        ConditioningBuilder,
+        adapter_label,
+        collab_tokens,
+    )
 
     config_file = Path(adapter) / "adapter_config.json"
     if not config_file.is_file():
         raise ConfigError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
     kind = str(json.loads(config_file.read_text()).get("peft_type", "")).lower()
-    if kind != cfg.train.adapter:
+    label = "lora+collab" if kind == "collab" else kind  # collab: lora + collab_tokens
+    if label != adapter_label(cfg):
         raise ConfigError(
-            f"{config_file}: the adapter is {kind!r} but train.adapter is {cfg.train.adapter!r}"
+            f"{config_file}: the adapter is {label!r} but train.adapter is {adapter_label(cfg)!r}"
         )
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     sasrec = load_sasrec(cfg, data, create=True) if kind in SEQUENCE_ADAPTERS else None
-    return model, ConditioningBuilder(cfg, data, sasrec)
+    collab = None
+    if collab_tokens(cfg):
+        from lorarec.trainer.collab import ensure_collab_embeddings
+
+        collab = ensure_collab_embeddings(data, cfg.train.graph, cfg.train.seed, create=True)
+    return model, ConditioningBuilder(cfg, data, sasrec, collab=collab)
 
 
 # ------------------------------------------------------------------- reporting

@@ -43,6 +43,7 @@ from lorarec.trainer.batching import (
 from lorarec.trainer.conditioning import (
     SEQUENCE_ADAPTERS,
     ConditioningBuilder,
+    adapter_label,
     connect_graph_service,
     placeholder_kinds,
 )
@@ -223,7 +224,7 @@ class LoraRecipe:
         from lorarec.monitoring.exporter import Endpoint, TrainerMetrics, node_name
 
         s = self.strategy
-        metrics = TrainerMetrics(self.cfg.job, s.rank, node_name(), self.cfg.train.adapter)
+        metrics = TrainerMetrics(self.cfg.job, s.rank, node_name(), adapter_label(self.cfg))
         endpoint = metrics.serve(m.host, m.port + s.local_rank if m.port else 0)
         endpoints = s.all_gather_object(endpoint.to_json())
         if s.is_main:
@@ -494,7 +495,7 @@ class LoraRecipe:
         last = records[-1] if records else {}
         return {
             "job": self.cfg.job,
-            "adapter": self.cfg.train.adapter,
+            "adapter": adapter_label(self.cfg),
             "steps": self.global_step,
             "samples": self.samples_seen,
             "tokens": self.tokens_seen,

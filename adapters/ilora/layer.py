@@ -60,6 +60,22 @@ class Projector(nn.Module):
         return self.net(e.to(self.net[0].weight.dtype))
 
 
+def placeholder_embeddings(projector: nn.Module, cond, forward: dict, method: str):
+    """``(embeddings, mask)``: ``projector(item_table[node])`` at every placeholder token of
+    ``cond.item_index`` (``-1`` elsewhere), dense over the forward's (batch, tokens)."""
+    index = expand_batch(cond.item_index, forward["batch"], "item_index")
+    if index.shape[1] != forward["tokens"]:
+        raise ValueError(
+            f"{method}: item_index covers {index.shape[1]} tokens, the input has "
+            f"{forward['tokens']}"
+        )
+    mask = index >= 0
+    projected = projector(cond.item_table[index[mask]])
+    dense = projected.new_zeros(*index.shape, projected.shape[-1])
+    dense[mask] = projected
+    return dense, mask
+
+
 @dataclass
 class ILoraConfig(AdapterConfig):
     experts: int = field(default=4, metadata={"help": "number of experts E (rank r / E each)"})
@@ -121,17 +137,9 @@ class ILoraModel(AdapterTuner):
         out = {"gate": self.shared("gate")[name](u)}
         if self.peft_config[name].hybrid_prompt and forward and not forward["incremental"]:
             cond.require("ilora (hybrid prompt)", "item_index", "item_table")
-            index = expand_batch(cond.item_index, forward["batch"], "item_index")
-            if index.shape[1] != forward["tokens"]:
-                raise ValueError(
-                    f"ilora: item_index covers {index.shape[1]} tokens, the input has "
-                    f"{forward['tokens']}"
-                )
-            mask = index >= 0
-            projected = self.shared("projector")[name](cond.item_table[index[mask]])
-            dense = projected.new_zeros(*index.shape, projected.shape[-1])
-            dense[mask] = projected
-            out["token_embeddings"], out["token_mask"] = dense, mask
+            out["token_embeddings"], out["token_mask"] = placeholder_embeddings(
+                self.shared("projector")[name], cond, forward, "ilora"
+            )
         return out
 
 

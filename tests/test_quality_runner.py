@@ -1,0 +1,125 @@
+"""bench/quality.py, the experiment runner: a killed two-method run continues with --resume
+without retraining the finished method, and writes the result file in its documented shape.
+Real `lorarec train` runs (deepspeed launcher, one rank, tiny Llama)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_trainer import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def runner(ml100k_prepared, tmp_path, *extra):
+    return [
+        sys.executable,
+        str(ROOT / "bench" / "quality.py"),
+        "--protocol",
+        "next_item",
+        "--config",
+        "configs/tiny.yaml",
+        "--samples",
+        "8",
+        "--eval",
+        "6",
+        "--methods",
+        "lora",
+        "lora_collab",
+        "--baselines",
+        "popularity",
+        "random",
+        "--bootstrap",
+        "50",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--json",
+        str(tmp_path / "quality.json"),
+        *extra,
+        f"data.dir={ml100k_prepared}",
+        "launch.ranks_per_node=1",
+        "train.micro_batch_size=4",
+        "train.graph.init_epochs=2",
+    ]
+
+
+def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_prepared, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        runner(ml100k_prepared, tmp_path),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    first = ""
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        if line.startswith("[1/3] lora seed 42:"):
+            first = line
+            break
+        assert time.monotonic() < deadline, "the first method did not finish"
+    # killed while the second method runs (or before it starts): the whole process group
+    os.killpg(proc.pid, signal.SIGKILL)
+    rest = proc.stdout.read()
+    proc.wait()
+    assert first, rest
+    assert "new" in first
+    assert not (tmp_path / "quality.json").exists()
+    lora_summary = tmp_path / "runs" / "lora-s42" / "train_summary.json"
+    mtime = lora_summary.stat().st_mtime_ns
+
+    # without --resume the runs directory is refused: one line, exit 2
+    refused = subprocess.run(
+        runner(ml100k_prepared, tmp_path), cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert refused.returncode == 2
+    assert "--resume" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+    resumed = subprocess.run(
+        runner(ml100k_prepared, tmp_path, "--resume"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = resumed.stdout.splitlines()
+    assert any(x.startswith("[1/3] lora seed 42: done") for x in lines), lines
+    assert any(x.startswith("[2/3] lora_collab seed 42:") for x in lines), lines
+    assert lora_summary.stat().st_mtime_ns == mtime  # the finished method was not retrained
+
+    result = json.loads((tmp_path / "quality.json").read_text())
+    assert result["protocol"] == "next_item"
+    assert len(result["commit"]) >= 40 and result["command"].startswith("python bench/quality.py")
+    assert result["machine"]
+    assert set(result["methods"]) == {"lora", "lora_collab", "popularity", "random"}
+    for name, m in result["methods"].items():
+        assert m["n"] == 6
+        for metric in ("hr@1", "hr@5", "ndcg@10", "mrr"):
+            value, lo, hi = m["metrics"][metric]
+            assert lo <= value <= hi or lo != lo, (name, metric)
+        diff = m["vs_lora"]["ndcg@10"]
+        assert len(diff) == 3
+    assert result["methods"]["lora"]["vs_lora"]["ndcg@10"] == [0.0, 0.0, 0.0]
+    for name in ("lora", "lora_collab"):
+        m = result["methods"][name]
+        assert m["train_samples"] == 8
+        assert m["train_seconds"] > 0 and m["trainable_parameters"] > 0
+        assert m["vs_lora_collab"]["ndcg@10"]
+    assert result["methods"]["lora_collab"]["vs_lora_collab"]["ndcg@10"] == [0.0, 0.0, 0.0]
+    # the collaborative-token LoRA has the projector's parameters besides LoRA's
+    assert (
+        result["methods"]["lora_collab"]["trainable_parameters"]
+        > result["methods"]["lora"]["trainable_parameters"]
+    )
