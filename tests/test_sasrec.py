@@ -60,7 +60,7 @@ def test_save_load_reproduces_scores(tmp_path):
 def test_sasrec_beats_popularity_on_ml100k(ml100k_prepared):
     data = PreparedData.open(ml100k_prepared, "next_item")
     train, valid, test = data.samples("train"), data.samples("valid"), data.samples("test")
-    model, info = train_sasrec(train, valid, data.num_items, epochs=12, progress=False)
+    model, info = train_sasrec(train, valid, data.num_items, epochs=6, progress=False)
     ranks = evaluate_ranks(model, test)
     target = np.array([s["candidates"].index(s["target"]) for s in test])
     pop_ranks = target_ranks(

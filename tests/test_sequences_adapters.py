@@ -1,8 +1,9 @@
-"""Every adapter type trains and evaluates through `lorarec train` (real deepspeed launcher, 2
-ranks, tiny Llama) on data without user ids: the sequences format of the LLaRA/iLoRA
-benchmarks, whose graph is an item-item transition graph. GraphLoRA's node embeddings are then
-pre-trained on that graph, its neighbourhoods are item neighbourhoods, and GraphMoE's gate
-pools the history's item states."""
+"""The adapters whose inputs differ on data without user ids train and evaluate through
+`lorarec train` (real deepspeed launcher, 2 ranks, tiny Llama) on such data: the sequences
+format of the LLaRA/iLoRA benchmarks, whose graph is an item-item transition graph.
+GraphLoRA's node embeddings are then pre-trained on that graph and its neighbourhoods are item
+neighbourhoods, GraphMoE's gate pools the history's item states, and the collaborative-token
+LoRA embeds item nodes only."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def ml100k_sequences(ml100k_prepared, tmp_path_factory):
 
 # case: (train.adapter, extra overrides). RecLoRA runs ilora's code path here (SASRec
 # conditioning, no placeholders) and is left to the user-id tests.
+# iLoRA and RecLoRA read the sample's own history on data without users, the path their
+# in-process runs in tests/test_adapter_training.py take; SASRec on prefix rows: test_sasrec.py.
 ADAPTERS = {
     # plain LoRA with collab tokens: item placeholders only, item-item LightGCN table
     "lora_collab": ("lora", ["train.lora.collab_tokens=true"]),
     "graphlora": ("graphlora", ["train.graph.fanouts=[5,3]"]),  # graph service on Ray
-    "ilora": ("ilora", ["graph_service.backend=inprocess"]),
     "graphmoe": ("graphmoe", ["graph_service.backend=inprocess"]),
 }
 
