@@ -7,6 +7,10 @@ before the earliest answer token (after, what the trainer does), round-robin in 
 the fastest of ``--rounds``. Samples/s and MFU (4 FLOP per frozen and 6 per trainable parameter
 per token, against the fp32 matmul rate measured here, as the trainer reports it).
 
+``grouping``: ``--window`` steps of the demo's training stream (2 ranks x 2 samples) as drawn
+and grouped by length (``train.group_by_length``: the same samples), every micro-batch's
+forward + backward timed round-robin; a step lasts as long as its slowest rank.
+
 ``sasrec``: SASRec's training epoch on a generated sequences-format file of prefix rows, the
 shape of LLaRA's and iLoRA's LastFM and Steam files (no user ids; one row per interaction,
 its history the previous items, truncated). Before: every row is a sequence of its own (the
@@ -16,7 +20,7 @@ loss at every position of each once. Both train the same model for the same epoc
 shows the windows, the seconds per epoch and the ratio, and the validation NDCG@10 each reached.
 
     python bench/throughput.py                 # the step, and SASRec on 50,000 rows, 1 epoch
-    python bench/throughput.py --only step     # or --only sasrec; --rows 5000: quicker
+    python bench/throughput.py --only step     # or grouping, sasrec; --rows 5000: quicker
     python bench/throughput.py --json PATH     # default bench/results/throughput.json
 """
 
@@ -60,7 +64,9 @@ def prefix_rows(rows: int, items: int, cap: int, seed: int) -> tuple[list[dict],
     return train[:rows], valid
 
 
-def bench_step(args) -> dict:
+def setup(args):
+    """The demo configuration's model (PEFT LoRA on the fp32 backbone), tokenizer, data and
+    example builder."""
     import copy
 
     import torch
@@ -68,15 +74,9 @@ def bench_step(args) -> dict:
 
     from lorarec.core.config import load_config
     from lorarec.data.prepared import PreparedData
-    from lorarec.trainer.backbone import describe_backbone, load_backbone
-    from lorarec.trainer.batching import (
-        ExampleBuilder,
-        answer_logits_to_keep,
-        answer_token_loss_sum,
-        collate,
-    )
+    from lorarec.trainer.backbone import load_backbone
+    from lorarec.trainer.batching import ExampleBuilder
     from lorarec.trainer.prompts import PromptStyle
-    from lorarec.trainer.recipe import measure_matmul_peak
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / args.config)
@@ -100,32 +100,59 @@ def bench_step(args) -> dict:
         cfg.train.max_length,
         style=PromptStyle.from_config(cfg.data),
     )
+    return cfg, data, model, tok, builder
+
+
+def bf16_kernels() -> bool:
+    """Whether this CPU has oneDNN's bf16 matmul kernels (AVX512-BF16 or AMX): without them
+    PyTorch emulates bf16 far below the fp32 rate."""
+    import torch
+
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def bench_step(args) -> dict:
+    import torch
+
+    from lorarec.trainer.backbone import describe_backbone
+    from lorarec.trainer.batching import answer_logits_to_keep, answer_token_loss_sum, collate
+    from lorarec.trainer.recipe import measure_matmul_peak
+
+    cfg, data, model, tok, builder = setup(args)
     samples = data.samples("train")[: args.batch]
     batch = collate([builder.build(s) for s in samples], tok.pad_token_id)
     keep = answer_logits_to_keep(batch["labels"])
-    variants = {"full logits (before)": None, "answer logits (after)": keep}
+    variants = {"full logits (before)": (model, None), "answer logits (after)": (model, keep)}
+    bf16 = bf16_kernels()
+    if bf16:  # the trainer's model.dtype: bfloat16 (DeepSpeed keeps fp32 master weights)
+        import copy
 
-    def step(logits_to_keep) -> float:
+        variants["answer logits, bf16 (after)"] = (copy.deepcopy(model).to(torch.bfloat16), keep)
+
+    def step(net, logits_to_keep) -> float:
         start = time.perf_counter()
         kw = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
-        logits = model(
+        logits = net(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw
         ).logits
-        answer_token_loss_sum(logits, batch["labels"]).backward()
-        for p in model.parameters():
+        answer_token_loss_sum(logits.float(), batch["labels"]).backward()
+        for p in net.parameters():
             p.grad = None
         return time.perf_counter() - start
 
     times = {name: [] for name in variants}
-    for k in variants.values():  # warm-up
-        step(k)
+    for v in variants.values():  # warm-up
+        step(*v)
     for _ in range(args.rounds):
-        for name, k in variants.items():
-            times[name].append(step(k))
+        for name, v in variants.items():
+            times[name].append(step(*v))
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops_per_token = 4 * (n_params - n_trainable) + 6 * n_trainable
     peak = measure_matmul_peak(torch.float32, torch.device("cpu"))
+    peak_bf16 = measure_matmul_peak(torch.bfloat16, torch.device("cpu")) if bf16 else None
     tokens = int(batch["attention_mask"].sum())
     out = {
         "backbone": describe_backbone(cfg.model),
@@ -135,6 +162,10 @@ def bench_step(args) -> dict:
         "logits_kept": keep,
         "rounds": args.rounds,
         "peak_flops": peak,
+        "peak_flops_bf16": peak_bf16,
+        "bf16": "measured"
+        if bf16
+        else "not measured: this CPU has no bf16 matmul kernels (oneDNN: no AVX512-BF16/AMX)",
         "variants": {},
     }
     for name, t in times.items():
@@ -142,12 +173,84 @@ def bench_step(args) -> dict:
         out["variants"][name] = {
             "step_seconds": best,
             "samples_per_s": args.batch / best,
-            "mfu": tokens / best * flops_per_token / peak,
+            "mfu": tokens / best * flops_per_token / (peak_bf16 if "bf16" in name else peak),
             "all_seconds": t,
         }
     v = out["variants"]
+    base = v["full logits (before)"]["samples_per_s"]
+    out["speedup"] = v["answer logits (after)"]["samples_per_s"] / base
+    if bf16:
+        out["speedup_bf16"] = v["answer logits, bf16 (after)"]["samples_per_s"] / base
+    return out
+
+
+def bench_grouping(args) -> dict:
+    """The same ``--window`` steps of the demo's training stream (2 ranks x micro-batch 2, epoch
+    0) as the trainer draws them, and grouped by length (``train.group_by_length``): each
+    micro-batch's forward + backward timed, round-robin between the two; a step takes its
+    slowest rank's time (ZeRO-3 ranks wait for each other)."""
+    from lorarec.trainer.batching import answer_logits_to_keep, answer_token_loss_sum, collate
+    from lorarec.trainer.data_stream import TrainStream
+
+    cfg, data, model, tok, builder = setup(args)
+    n_train = data.manifest["tasks"][data.task]["samples"]["train"]
+
+    def stream(grouped: bool):
+        return TrainStream(
+            data.shards("train"),
+            data.manifest["options"]["shard_size"],
+            n_train,
+            rank=0,
+            world_size=2,
+            micro_batch_size=2,
+            accumulation=1,
+            seed=cfg.train.seed,
+            length=(lambda s: len(builder.build(s).input_ids)) if grouped else None,
+            length_window=args.window,
+        )
+
+    variants = {}
+    for name, grouped in (("as drawn (before)", False), ("grouped by length (after)", True)):
+        steps = stream(grouped).steps(0)
+        variants[name] = [next(steps) for _ in range(args.window)]
+    keys = {
+        n: sorted(s["key"] for st in v for sl in st.slots for s in sl) for n, v in variants.items()
+    }
+    assert len({tuple(k) for k in keys.values()}) == 1, "the variants hold different samples"
+
+    def micro(slot) -> tuple[float, int, int]:
+        batch = collate([builder.build(s) for s in slot], tok.pad_token_id)
+        start = time.perf_counter()
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=answer_logits_to_keep(batch["labels"]),
+        ).logits
+        answer_token_loss_sum(logits, batch["labels"]).backward()
+        for p in model.parameters():
+            p.grad = None
+        seconds = time.perf_counter() - start
+        return seconds, int(batch["input_ids"].numel()), int(batch["attention_mask"].sum())
+
+    micro(variants["as drawn (before)"][0].slots[0])  # warm-up
+    timed = {n: [] for n in variants}
+    for i in range(args.window):
+        for name, steps in variants.items():
+            timed[name].append([micro(slot) for slot in steps[i].slots])
+    out = {"window_steps": args.window, "samples": len(next(iter(keys.values()))), "variants": {}}
+    for name, steps in timed.items():
+        seconds = sum(max(t for t, _, _ in step) for step in steps)
+        computed = sum(c for step in steps for _, c, _ in step)
+        real = sum(r for step in steps for _, _, r in step)
+        out["variants"][name] = {
+            "seconds": seconds,
+            "samples_per_s": out["samples"] / seconds,
+            "padding_fraction": 1 - real / computed,
+            "tokens_computed": computed,
+        }
+    v = out["variants"]
     out["speedup"] = (
-        v["answer logits (after)"]["samples_per_s"] / v["full logits (before)"]["samples_per_s"]
+        v["grouped by length (after)"]["samples_per_s"] / v["as drawn (before)"]["samples_per_s"]
     )
     return out
 
@@ -194,9 +297,10 @@ def main() -> None:
     p.add_argument("--config", default="configs/demo.yaml", help="the step's run config")
     p.add_argument("--batch", type=int, default=2, help="the step's micro-batch (demo: 2)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--only", choices=["step", "sasrec"], default=None)
+    p.add_argument("--window", type=int, default=8, help="steps of the grouping comparison")
+    p.add_argument("--only", choices=["step", "grouping", "sasrec"], default=None)
     args = p.parse_args()
-    result_step = bench_step(args) if args.only != "sasrec" else None
+    result_step = bench_step(args) if args.only in (None, "step") else None
     if result_step is not None:
         r = result_step
         print(
@@ -209,11 +313,28 @@ def main() -> None:
             print(
                 f"| {name} | {v['step_seconds']:.3f} | {v['samples_per_s']:.3f} | {v['mfu']:.3f} |"
             )
-        print(f"samples/s, after / before: {r['speedup']:.2f}x\n")
-    sasrec = bench_sasrec(args) if args.only != "step" else None
+        print(f"samples/s, after / before: {r['speedup']:.2f}x")
+        if "speedup_bf16" in r:
+            print(f"samples/s, bf16 after / before: {r['speedup_bf16']:.2f}x")
+        print(f"bf16: {r['bf16']}\n")
+    grouping = bench_grouping(args) if args.only in (None, "grouping") else None
+    if grouping is not None:
+        print(
+            f"training stream: {grouping['window_steps']} steps of 2 ranks x 2 samples "
+            f"({grouping['samples']} samples), a step as long as its slowest rank"
+        )
+        print("| batches | seconds | samples/s | padding |")
+        print("|---|---:|---:|---:|")
+        for name, v in grouping["variants"].items():
+            print(
+                f"| {name} | {v['seconds']:.1f} | {v['samples_per_s']:.3f} | "
+                f"{v['padding_fraction']:.1%} |"
+            )
+        print(f"samples/s, after / before: {grouping['speedup']:.2f}x\n")
+    sasrec = bench_sasrec(args) if args.only in (None, "sasrec") else None
     if sasrec is not None:
         report_sasrec(args, sasrec)
-    write_result(args, result_step, sasrec)
+    write_result(args, result_step, sasrec, grouping)
 
 
 def report_sasrec(args, sasrec: dict) -> None:
@@ -229,7 +350,7 @@ def report_sasrec(args, sasrec: dict) -> None:
     print(f"epoch time, before / after: {sasrec['speedup']:.1f}x")
 
 
-def write_result(args, step: dict | None, sasrec: dict | None) -> None:
+def write_result(args, step: dict | None, sasrec: dict | None, grouping: dict | None) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -239,6 +360,7 @@ def write_result(args, step: dict | None, sasrec: dict | None) -> None:
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
         f"{__import__('os').cpu_count()} CPUs",
         "step": step,
+        "grouping": grouping,
         "sasrec": None
         if sasrec is None
         else {"rows": args.rows, "items": args.items, "cap": args.cap, **sasrec},

@@ -94,7 +94,12 @@ class ModelConfig:
     weights: str | None = None
     """For a preset: the local directory (or hub name) of its weights; null: the preset's hub
     repository. The weights' architecture must be the preset's."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Compute dtype of the backbone and adapter. ``auto``: ``bfloat16`` where the machine that
+    starts the run computes in bf16 natively (a GPU with bf16, a CPU with oneDNN's bf16 kernels:
+    AVX512-BF16 or AMX), else ``float32``; resolved when the config is read, so the run's
+    ``config.yaml`` holds the dtype it ran in. DeepSpeed keeps fp32 master weights and optimizer
+    state either way."""
     tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
 
 
@@ -215,6 +220,12 @@ class TrainConfig:
     """Train on a fixed seeded subset of this many training samples (Few2Many); null: all."""
     max_length: int = 1024
     """Longest tokenised prompt + answer; longer prompts lose their oldest history items."""
+    group_by_length: bool = False
+    """Sort the samples of every window of ``length_window`` steps by their token length and cut
+    them into steps (in a seeded order), so micro-batches hold samples of similar length and
+    little padding is computed; every sample is still trained on once an epoch."""
+    length_window: int = 16
+    """Steps per window of ``group_by_length``."""
     gradient_checkpointing: bool = False
     """Keep only each decoder layer's input and recompute the layer in the backward pass (less
     activation memory for about a third more compute); ``lorarec plan`` says when it is needed."""
@@ -376,7 +387,21 @@ def load_config(
     cfg = from_dict(RunConfig, raw, origin)
     check_adapter(cfg, origin)
     check_baselines(cfg.eval.baselines, cfg.data.task, cfg.train.max_samples, origin)
+    if cfg.model.dtype == "auto":
+        cfg.model.dtype = native_compute_dtype()
     return cfg
+
+
+def native_compute_dtype() -> str:
+    """``bfloat16`` where this machine computes in bf16 natively (a CUDA GPU with bf16, or a
+    CPU with oneDNN's bf16 kernels), else ``float32`` (a CPU without them emulates bf16 at a
+    small fraction of the fp32 rate)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    mkldnn = torch.backends.mkldnn.is_available()
+    return "bfloat16" if mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 CTR_ONLY_BASELINES = ("like_rate", "mf", "din")
@@ -423,6 +448,10 @@ def check_adapter(cfg: RunConfig, origin: str) -> None:
         )
     if t.adapter == "reclora" and t.reclora.banks < 1:
         raise ConfigError(f"{origin}: train.reclora.banks must be at least 1")
+    if t.length_window < 1:
+        raise ConfigError(
+            f"{origin}: train.length_window must be at least 1, got {t.length_window}"
+        )
     if t.adapter in ("graphlora", "graphmoe") and (
         not t.graph.fanouts or any(f == 0 or f < -1 for f in t.graph.fanouts)
     ):

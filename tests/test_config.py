@@ -69,3 +69,18 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         load_config(None, ["sasrec.epochs"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_computes_bf16(monkeypatch, native):
+    """``model.dtype: auto`` resolves when the config is read: bfloat16 on a CPU with oneDNN's
+    bf16 kernels, float32 on one without (where bf16 is emulated far below the fp32 rate);
+    the resolved dtype is what the run's config.yaml holds."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    cfg = load_config("configs/tiny.yaml", ["model.dtype=auto"])
+    assert cfg.model.dtype == ("bfloat16" if native else "float32")
+    assert f"dtype: {cfg.model.dtype}" in dump_config(cfg)
+    assert load_config("configs/tiny.yaml", ["model.dtype=float32"]).model.dtype == "float32"

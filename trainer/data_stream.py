@@ -12,13 +12,18 @@ sees the same micro-batches as world size 2 with 1. The last step of an epoch ho
 remaining ``R < G`` samples, spread over the slots; a slot left empty gets a zero-weight
 placeholder, so no sample is dropped or repeated and every rank still takes part in each step.
 
+With ``length`` (``train.group_by_length``), the samples of every window of ``length_window``
+steps are sorted by ``length(sample)`` (the tokens of its prompt and answer) and cut into steps,
+in a seeded order: a step's samples, and so its micro-batches on every rank, are of similar
+length, so little padding is computed. An epoch still holds every sample once.
+
 The position saved in a checkpoint is ``(epoch, step in epoch)``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +69,8 @@ class TrainStream:
         accumulation: int,
         seed: int,
         subset_size: int | None = None,
+        length: Callable[[dict], int] | None = None,
+        length_window: int = 16,
     ):
         if not shards:
             raise ValueError("no training shards")
@@ -71,6 +78,9 @@ class TrainStream:
         self.rank, self.world = rank, world_size
         self.micro, self.accum = micro_batch_size, accumulation
         self.seed = seed
+        if length is not None and length_window < 1:
+            raise ValueError(f"length_window must be at least 1 step, got {length_window}")
+        self.length, self.window = length, length_window
         # Canonical index of sample j of shard k: k * shard_size + j.
         self.shard_counts = [
             min(shard_size, num_samples - k * shard_size) for k in range(len(self.shards))
@@ -125,16 +135,44 @@ class TrainStream:
                 yield json.loads(raw[j])
             skip = 0
 
+    def step_sizes(self) -> list[int]:
+        """Samples of each step of an epoch: ``G``, and the remainder last."""
+        g, n = self.global_batch, self.epoch_size
+        return [min(g, n - step * g) for step in range(self.steps_per_epoch)]
+
     def steps(self, epoch: int, start_step: int = 0) -> Iterator[StepSlots]:
         """The steps of ``epoch`` from ``start_step`` on."""
-        stream = self._epoch_samples(epoch, start_step * self.global_batch)
-        for step in range(start_step, self.steps_per_epoch):
-            remaining = self.epoch_size - step * self.global_batch
-            n = min(self.global_batch, remaining)
-            batch = [next(stream) for _ in range(n)]
-            slots = _split(batch, self.slots_per_step)
-            mine = [slots[m * self.world + self.rank] for m in range(self.accum)]
-            yield StepSlots(epoch, step, slots, mine)
+        sizes = self.step_sizes()
+        if self.length is None:
+            stream = self._epoch_samples(epoch, start_step * self.global_batch)
+            for step in range(start_step, self.steps_per_epoch):
+                yield self._step(epoch, step, [next(stream) for _ in range(sizes[step])])
+            return
+        # Grouped by length: each window of ``length_window`` steps holds the same samples as
+        # without grouping, sorted by length and cut into steps, whose order in the window is
+        # then shuffled (seeded by the epoch and the window); a resume re-reads its window.
+        first = start_step - start_step % self.window
+        stream = self._epoch_samples(epoch, first * self.global_batch)
+        for lo in range(first, self.steps_per_epoch, self.window):
+            hi = min(lo + self.window, self.steps_per_epoch)
+            window = [next(stream) for _ in range(sum(sizes[lo:hi]))]
+            order = sorted(range(len(window)), key=lambda i: (self.length(window[i]), i))
+            chunks, at = [], 0
+            for step in range(lo, hi):
+                chunks.append([window[i] for i in order[at : at + sizes[step]]])
+                at += sizes[step]
+            full = [j for j in range(len(chunks)) if len(chunks[j]) == self.global_batch]
+            shuffled = np.random.default_rng([self.seed, epoch, lo, 11]).permutation(full)
+            placed = list(chunks)
+            for j, k in zip(full, shuffled.tolist()):
+                placed[j] = chunks[k]
+            for step in range(max(lo, start_step), hi):
+                yield self._step(epoch, step, placed[step - lo])
+
+    def _step(self, epoch: int, step: int, batch: list[dict]) -> StepSlots:
+        slots = _split(batch, self.slots_per_step)
+        mine = [slots[m * self.world + self.rank] for m in range(self.accum)]
+        return StepSlots(epoch, step, slots, mine)
 
 
 def _every_node(urls):

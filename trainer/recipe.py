@@ -145,6 +145,10 @@ class LoraRecipe:
             accumulation=cfg.train.gradient_accumulation_steps,
             seed=cfg.train.seed,
             subset_size=cfg.train.max_samples,
+            length=(lambda s: len(self.builder.build(s).input_ids))
+            if cfg.train.group_by_length
+            else None,
+            length_window=cfg.train.length_window,
         )
         per_epoch = self.stream.steps_per_epoch
         self.total_steps = per_epoch * cfg.train.epochs
