@@ -112,6 +112,14 @@ def run_logged(cmd: list[str], log_file: Path) -> None:
         raise RunnerError(f"{cmd[1]} failed (exit {rc}; log {log_file}): {' '.join(tail)}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def budget(args, overrides: list[str]) -> dict:
     """Steps and schedule for ``--samples`` samples, each seen once, from the config's batch."""
     from lorarec.core.config import load_config
@@ -155,6 +163,7 @@ def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[di
         "--out",
         str(run),
         *METHODS[name],
+        f"launch.master_port={free_port()}",  # another run may hold the default port
         *common_overrides(args, seed),
         *sched["overrides"],
         "train.evaluate=true",
