@@ -301,7 +301,9 @@ def fmt(v: list | None, signed: bool = False) -> str:
 def table(result: dict) -> str:
     """The README table of one protocol's result file."""
     metrics = PROTOCOLS[result["protocol"]]["metrics"]
-    main = metrics[0] if result["protocol"] == "ctr" else "ndcg@10"
+    from lorarec.trainer.evaluate import main_metric
+
+    main = main_metric(result["protocol"])
     head = (
         f"{result['protocol']}: {result['data']}; {result['eval_samples']} test "
         f"{'pairs' if result['protocol'] == 'ctr' else 'users'}, {result['train_samples']} "
@@ -348,6 +350,9 @@ def run(args) -> dict:
         raise RunnerError(f"{runs} holds runs: pass --resume to continue them, or another --runs")
     runs.mkdir(parents=True, exist_ok=True)
     sched = budget(args, common_overrides(args, args.seeds[0]))
+    from lorarec.trainer.evaluate import main_metric
+
+    main = main_metric(args.protocol)
     start = time.perf_counter()
     per_seed: dict[str, dict[int, dict]] = {}
     info: dict[str, dict[int, dict]] = {}
@@ -360,7 +365,6 @@ def run(args) -> dict:
             done += 1
             per_seed.setdefault(name, {})[seed] = row["entry"]
             info.setdefault(name, {})[seed] = row
-            main = next(iter(proto["metrics"])) if args.protocol == "ctr" else "ndcg@10"
             m = row["entry"]["metrics"].get(main, {})
             print(
                 f"[{done}/{total}] {name} seed {seed}: {how}, {row['train_samples']} samples, "
