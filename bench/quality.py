@@ -175,7 +175,10 @@ def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[di
         how = "resumed"
     elif run.exists():  # killed before its first checkpoint: nothing finished to keep
         shutil.rmtree(run)
-    run.parent.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    commits = run / "commits.txt"  # every commit that trained or evaluated this run
+    with open(commits, "a") as f:
+        f.write(git_commit() + "\n")
     run_logged(cmd, run.parent / f"{run.name}.log")
     return read_method(run), how
 
@@ -195,8 +198,15 @@ def read_method(run: Path) -> dict:
         "steps": int(summary["steps"]),
         "trainable_parameters": int(summary["trainable_parameters"]),
         "final_loss": summary.get("final_loss"),
+        "commits": _commits(run),
         "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
     }
+
+
+def _commits(run: Path) -> list[str]:
+    path = run / "commits.txt"
+    lines = path.read_text().split() if path.is_file() else []
+    return list(dict.fromkeys(lines))  # in order, once each
 
 
 def evaluate_baselines(seed: int, args, run: Path) -> dict[str, dict]:
@@ -310,6 +320,16 @@ def table(result: dict) -> str:
         f"training samples per LLM method; {result['backbone']}; commit {result['commit'][:12]}, "
         f"{result['machine']}; `{result['command']}`"
     )
+    top = result["commit"].split("-")[0]
+    other = {
+        name: [c[:12] for c in r.get("commits", []) if c.split("-")[0] != top]
+        for name, r in result["methods"].items()
+    }
+    other = {k: v for k, v in other.items() if v}
+    if other:
+        head += "; trained earlier at " + "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in other.items()
+        )
     cols = [*metrics, f"{main} vs LoRA", f"{main} vs LoRA-collab", "train s", "trainable"]
     lines = [head, "", "| method | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
     for name, r in result["methods"].items():
@@ -400,6 +420,7 @@ def run(args) -> dict:
                 train_samples=sum(r["train_samples"] for r in rows),
                 trainable_parameters=rows[0]["trainable_parameters"],
                 final_loss=[r["final_loss"] for r in rows],
+                commits=sorted({c for r in rows for c in r["commits"]}),
                 runs=[r["run"] for r in rows],
             )
         else:
