@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -21,7 +22,12 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     Works for files and directories. On an exception the temporary path is removed and
     ``final`` is left as it was.
     """
-    final = Path(final)
+    final = Path(os.path.abspath(final))  # "." and "x/.." get a name and a parent
+    cwd = Path.cwd()
+    if final == cwd or final in cwd.parents:
+        raise OSError(
+            errno.EBUSY, "the current directory (or one above it) is not replaced", str(final)
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp / "out"
@@ -32,7 +38,11 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             # Move the old directory aside first so that the swap is two renames.
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old / "out")
+            try:
+                os.replace(final, old / "out")
+            except BaseException:
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             os.replace(target, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -42,6 +52,9 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically; an existing directory at ``path`` is never replaced."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not replaced by a file", str(path))
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         _fsync(tmp)

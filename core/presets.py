@@ -59,6 +59,32 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+DECODER_MODULES: dict[str, tuple[str, ...]] = {
+    arch: (
+        "embed_tokens",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    )
+    for arch in ("llama", "qwen2", "mistral")
+}
+"""Module names of the decoder architectures (``model_type``) of the presets and tiny-random,
+which ``train.lora.target_modules`` is checked against when the config is read."""
+
+
+def preset_shape(name: str) -> tuple[tuple[str, ...], int] | None:
+    """The module names and decoder layers of preset ``name`` (None: an architecture whose
+    module names lorarec does not know; the adapter then checks them when it attaches)."""
+    raw = PRESETS[name].config_dict()
+    modules = DECODER_MODULES.get(raw.get("model_type"))
+    return None if modules is None else (modules, int(raw["num_hidden_layers"]))
+
+
 def config_from_dict(raw: dict[str, Any], origin: str):
     """A transformers ``PretrainedConfig`` from a ``config.json`` dict."""
     from transformers import AutoConfig
@@ -67,10 +93,23 @@ def config_from_dict(raw: dict[str, Any], origin: str):
     model_type = raw.pop("model_type", None)
     if not model_type:
         raise ConfigError(f"{origin}: not a Hugging Face model config (no model_type)")
+    hidden, heads = raw.get("hidden_size"), raw.get("num_attention_heads")
+    kv = raw.get("num_key_value_heads", heads)
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{origin}: {key}: {value!r} must be a positive integer")
+    if hidden and heads and "head_dim" not in raw and hidden % heads:
+        raise ConfigError(
+            f"{origin}: num_attention_heads: {heads} must divide hidden_size ({hidden})"
+        )
+    if heads and isinstance(kv, int) and (kv < 1 or heads % kv):
+        raise ConfigError(
+            f"{origin}: num_key_value_heads: {kv!r} must divide num_attention_heads ({heads})"
+        )
     try:
         return AutoConfig.for_model(model_type, **raw)
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{origin}: {' '.join(str(exc).split())}") from None
 
 
 def architecture(spec: str):
@@ -86,12 +125,9 @@ def architecture(spec: str):
         raise ConfigError(
             f"backbone {spec!r}: not a preset ({known}), a config.json or a model directory"
         )
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a model config must be a JSON object")
+    from lorarec.core.config import read_json_object
+
+    raw, _ = read_json_object(path, "model config")  # one line for bad JSON, duplicate keys
     return config_from_dict(raw, str(path))
 
 

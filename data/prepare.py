@@ -21,6 +21,18 @@ A sample: ``{"key", "user", "history", "history_ratings"?, "target", "label"?,
 ``history_long`` items; ``candidates`` holds ``num_candidates`` distinct items: the target
 exactly once and no item the user has interacted with. Everything is deterministic: the
 same input and options give byte-identical files.
+
+``timestamp`` (and ``graph/times.npy``) are int64s that order events exactly as the source
+gives them: the source's value x ``manifest["timestamps"]["scale"]`` (10^k, k the most decimal
+places of the source's timestamps; ISO 8601 date-times as seconds since 1970-01-01T00:00Z x the
+scale). See :mod:`lorarec.data.sources` for what the readers refuse and repair.
+
+``manifest["notes"]`` lists the repairs made to the input (``dropped 3 duplicate rows``) and
+what gives no samples (users with at most ``min_history`` interactions); the CLI prints them.
+Options are checked here too: ``seed >= 0``, a finite ``positive_rating``.
+
+An existing ``--out`` is replaced only when it holds an earlier output, and then only the files
+its manifest lists (:func:`lorarec.data.prepared.staged_output`).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +49,7 @@ import numpy as np
 
 from lorarec.core.config import DataConfig
 from lorarec.core.errors import DataError
-from lorarec.core.io import atomic_path, sha256_file
+from lorarec.core.io import sha256_file
 from lorarec.data.sources import Interactions, Sequences
 
 log = logging.getLogger(__name__)
@@ -65,18 +78,34 @@ def prepare(
     opts: PrepareOptions,
     source_name: str,
     inputs: dict[str, Any] | None = None,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the prepared directory ``out`` atomically and return its manifest."""
+    """Write the prepared directory ``out`` atomically and return its manifest. ``earlier``:
+    the manifest of an earlier output in ``out`` (:func:`lorarec.data.prepared.earlier_output`),
+    whose listed files are replaced; other files in ``out`` are kept."""
+    from lorarec.data.prepared import staged_output
+
+    if opts.seed < 0:
+        raise DataError(f"seed must be at least 0, got {opts.seed}")
+    if not math.isfinite(opts.positive_rating):
+        raise DataError(f"positive_rating must be a finite number, got {opts.positive_rating}")
     if opts.num_candidates < 2:
         raise DataError(f"num_candidates must be at least 2, got {opts.num_candidates}")
     if source.num_items < opts.num_candidates:
         raise DataError(
             f"{source_name}: {source.num_items} items, fewer than num_candidates={opts.num_candidates}"
         )
-    with atomic_path(out) as tmp:
+    replaces = None if earlier is None else [*earlier["files"], "manifest.json"]
+    notes = list(source.notes)
+    extra: dict[str, Any] = {}
+    with staged_output(out, replaces) as tmp:
         tmp.mkdir()
         if isinstance(source, Interactions):
-            tasks = _prepare_interactions(source, tmp, opts)
+            tasks = _prepare_interactions(source, tmp, opts, notes)
+            extra["timestamps"] = {
+                "kind": source.timestamp_kind,
+                "scale": source.timestamp_scale,
+            }
             counts = {
                 "users": source.num_users,
                 "items": source.num_items,
@@ -108,6 +137,8 @@ def prepare(
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file()
             },
+            "notes": notes,
+            **extra,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -116,13 +147,22 @@ def prepare(
 # ----------------------------------------------------------------------- interactions
 
 
-def _prepare_interactions(src: Interactions, root: Path, opts: PrepareOptions) -> dict[str, Any]:
+def _prepare_interactions(
+    src: Interactions, root: Path, opts: PrepareOptions, notes: list[str]
+) -> dict[str, Any]:
     # Chronological order per user; ties broken by item id so the order is deterministic.
     order = np.lexsort((src.item, src.timestamp, src.user))
     user, item, ts = src.user[order], src.item[order], src.timestamp[order]
     rating = src.rating[order] if src.rating is not None else None
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     ends = np.r_[starts[1:], len(user)]
+    few = int(np.sum(ends - starts <= opts.min_history))
+    if few:
+        notes.append(
+            f"{few} user{'s' if few != 1 else ''} with at most {opts.min_history} interactions "
+            f"give{'s' if few == 1 else ''} no samples (a sample needs min_history="
+            f"{opts.min_history} earlier interactions)"
+        )
     user_items = {int(user[s]): np.unique(item[s:e]) for s, e in zip(starts, ends)}
 
     # Per-user leave-last-out: (split, position in the sorted arrays).
@@ -380,6 +420,7 @@ def report(manifest: dict[str, Any]) -> str:
     out = [
         f"{manifest['source']}: {c['users']} users, {c['items']} items, {c['interactions']} interactions"
     ]
+    out += [f"  note: {note}" for note in manifest.get("notes", [])]
     for task, info in manifest["tasks"].items():
         s = info["samples"]
         g = info["graph"]

@@ -1,18 +1,196 @@
-"""Reading a prepared data directory (the output of ``lorarec data prepare``)."""
+"""Reading a prepared data directory (the output of ``lorarec data prepare``), recognising an
+earlier output in an ``--out`` directory, and replacing it without touching anything else there.
+
+An ``--out`` directory is taken for an earlier output of ``lorarec data prepare`` only when its
+``manifest.json`` parses, has a ``format_version`` this lorarec knows (1..FORMAT_VERSION) and
+the manifest's keys, lists only relative paths inside the directory, and every file it lists
+exists (:func:`earlier_output`); for ``lorarec data import-llara`` the same holds for its
+``lorarec-import.json`` (:func:`earlier_import`). Even then only the files the manifest lists
+(and the manifest) are replaced, and directories they leave empty removed: other files in the
+directory are kept, and a new file that would land on one of them is refused
+(:func:`staged_output`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from lorarec.core.errors import DataError
+from lorarec.core.errors import DataError, UsageError
 from lorarec.data.prepare import FORMAT_VERSION
+
+MANIFEST_KEYS = ("format_version", "source", "options", "counts", "tasks", "files")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """``(object, None)``, or ``(None, why)`` when ``path`` is not a readable JSON file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError):
+        return None, f"its {path.name} cannot be read as UTF-8 text"
+    except (ValueError, RecursionError):
+        return None, f"its {path.name} is not valid JSON"
+
+
+def _listed_files_problem(root: Path, name: str, files: Any) -> str | None:
+    """Why the file list ``files`` (relative path -> sha256) of ``root/name`` is not one we
+    wrote, or None: relative paths inside ``root``, each an existing file."""
+    if not isinstance(files, dict) or not files:
+        return f"its {name} lists no files"
+    for rel, sha in files.items():
+        parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+        if (
+            not parts
+            or rel != str(PurePosixPath(*parts))
+            or PurePosixPath(rel).is_absolute()
+            or any(p in (".", "..") for p in parts)
+            or "\\" in rel
+            or "\x00" in rel
+        ):
+            return f"its {name} lists the path {rel!r}, which is not inside the directory"
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            return f"its {name} gives {rel!r} no sha256"
+        path = root / rel
+        if path.is_symlink() or not path.is_file():
+            return f"{rel}, listed in its {name}, is missing"
+    return None
+
+
+def earlier_output(out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(manifest, None)`` when ``out`` holds an earlier output of ``lorarec data prepare``;
+    ``(None, None)`` when ``out`` does not exist or is an empty directory; else ``(None, why)``."""
+    if not out.exists() and not out.is_symlink():
+        return None, None
+    if not out.is_dir():
+        return None, "it is not a directory"
+    if not any(out.iterdir()):
+        return None, None
+    path = out / "manifest.json"
+    if path.is_symlink() or not path.is_file():
+        return None, "it has no manifest.json"
+    manifest, why = _read_json(path)
+    if why:
+        return None, why
+    if not isinstance(manifest, dict):
+        return None, "its manifest.json is not a JSON object"
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version not in range(1, FORMAT_VERSION + 1):
+        return None, (
+            f"its manifest.json has format_version {version!r}, not one of lorarec's "
+            f"(1..{FORMAT_VERSION})"
+        )
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return None, f"its manifest.json is missing the keys {', '.join(missing)}"
+    why = _listed_files_problem(out, "manifest.json", manifest["files"])
+    return (None, why) if why else (manifest, None)
+
+
+def earlier_import(out: Path, marker: str, fmt: str) -> tuple[list[str] | None, str | None]:
+    """For ``lorarec data import-llara``: ``(files, None)`` when ``out`` holds an earlier import
+    (its ``marker`` file names format ``fmt`` and lists existing files; ``files`` includes the
+    marker); ``(None, None)`` when ``out`` does not exist or is empty; else ``(None, why)``."""
+    if not out.exists() and not out.is_symlink():
+        return None, None
+    if not out.is_dir():
+        return None, "it is not a directory"
+    if not any(out.iterdir()):
+        return None, None
+    path = out / marker
+    if path.is_symlink() or not path.is_file():
+        return None, f"it has no {marker}"
+    info, why = _read_json(path)
+    if why:
+        return None, why
+    if not isinstance(info, dict) or info.get("format") != fmt or info.get("version") != 1:
+        return None, f"its {marker} is not one `{fmt}` writes"
+    why = _listed_files_problem(out, marker, info.get("files"))
+    return (None, why) if why else ([*info["files"], marker], None)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, replaces: Iterable[str] | None = None) -> Iterator[Path]:
+    """Yield a temporary path (next to ``out``) to write an output directory into; on success
+    move it into place, on an error leave ``out`` as it was and nothing else behind.
+
+    ``replaces`` None: ``out`` does not exist or is an empty directory, and is renamed over.
+    Else ``out`` holds an earlier output made of the relative file paths ``replaces``: those are
+    swapped for the new files (directories they leave empty are removed) and every other file
+    in ``out`` is kept; a new file that would land on one of those is refused (UsageError).
+    """
+    from lorarec.core.io import atomic_path
+
+    if replaces is None:
+        if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+            raise UsageError(f"--out {out} exists and is not an earlier output; choose another")
+        with atomic_path(out) as tmp:
+            yield tmp
+        return
+    out = Path(os.path.abspath(out))  # "." gets a name and a parent
+    old = sorted(set(replaces))
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp = tmp_root / "out"
+        yield tmp
+        new = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir())
+        _swap_files(out, tmp, old, new, tmp_root)
+    finally:
+        shutil.rmtree(tmp_root)
+
+
+def _swap_files(out: Path, tmp: Path, old: list[str], new: list[str], scratch: Path) -> None:
+    old_set = set(old)
+    for rel in new:
+        if rel in old_set:
+            continue
+        for path in [out / rel, *(out / p for p in PurePosixPath(rel).parents if str(p) != ".")]:
+            if str(path.relative_to(out)) in old_set:
+                break
+            if (path.exists() or path.is_symlink()) and (path == out / rel or not path.is_dir()):
+                raise UsageError(
+                    f"--out {out}: the new output would replace {path}, which the earlier "
+                    "output does not list; move it away"
+                )
+    backup = scratch / "old"
+    moved: list[tuple[Path, Path]] = []
+    try:
+        # The manifests go first out and last in: a directory caught half-way has none.
+        first = [r for r in old if "/" not in r and r.endswith(".json")]
+        for rel in first + [r for r in old if r not in first]:
+            src, dst = out / rel, backup / rel
+            if src.exists() or src.is_symlink():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                moved.append((src, dst))
+        last = [r for r in new if "/" not in r and r.endswith(".json")]
+        for rel in [r for r in new if r not in last] + last:
+            src, dst = tmp / rel, out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            moved.append((src, dst))
+    except BaseException:
+        for src, dst in reversed(moved):
+            os.replace(dst, src)
+        raise
+    # directories the old files leave empty (deepest first), never ``out`` itself
+    dirs = {p for rel in old for p in PurePosixPath(rel).parents if str(p) != "."}
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        path = out / d
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
 
 
 @dataclass
@@ -41,7 +219,13 @@ class PreparedData:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.root / "manifest.json").read_text())
+        path = self.root / "manifest.json"
+        manifest, why = _read_json(path)
+        if why:
+            raise DataError(f"{path}: {why.replace('its manifest.json ', '')}; prepare it again")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
+            raise DataError(f"{path}: not a lorarec data manifest; prepare it again")
+        return manifest
 
     def cache_key(self, **extra: Any) -> dict[str, Any]:
         """What a cached artefact derived from this data (SASRec, node embeddings, text

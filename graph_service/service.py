@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -54,6 +55,22 @@ def namespace_for(manifest: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- Ray connection
 
 
+def check_token_file(path: Path) -> None:
+    """A Ray token file must be the user's own and readable by nobody else (mode 0600)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise UsageError(f"{path}: Ray token file: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path}: Ray token file is not a regular file")
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UsageError(
+            f"{path}: Ray token file has mode {stat.S_IMODE(st.st_mode):o} (owner uid "
+            f"{st.st_uid}); it must be yours with mode 600: chmod 600 {path}, or remove it to "
+            "make a new one"
+        )
+
+
 def auth_environment() -> dict[str, str]:
     """Token authentication for every Ray process lorarec starts or connects: set in this
     process and returned, so launched processes get the same (the path, never the token)."""
@@ -73,8 +90,11 @@ def auth_environment() -> dict[str, str]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
+        check_token_file(path)
         env["RAY_AUTH_TOKEN_PATH"] = str(path)
     elif "RAY_AUTH_TOKEN_PATH" in os.environ:
+        if Path(os.environ["RAY_AUTH_TOKEN_PATH"]).exists():  # (one that is not there yet:
+            check_token_file(Path(os.environ["RAY_AUTH_TOKEN_PATH"]))  # Ray names it)
         env["RAY_AUTH_TOKEN_PATH"] = os.environ["RAY_AUTH_TOKEN_PATH"]
     changed = any(os.environ.get(k) != v for k, v in env.items())
     os.environ.update(env)

@@ -37,9 +37,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: Path, inputs: list[Path], ours: bool) -> None:
-    """Refuse an --out that would replace something that is not our own earlier output, or
-    that holds the input (the output directory is replaced as a whole)."""
+def _check_out(out: Path, inputs: list[Path], ours: bool, why: str | None = None) -> None:
+    """Refuse an --out that holds the input, or that exists (and is not an empty directory)
+    without being our own earlier output (``ours``, recognised by its manifest: see
+    :mod:`lorarec.data.prepared`); ``why`` says why it is not."""
     out_r = out.resolve()
     for path in inputs:
         p = path.resolve()
@@ -47,16 +48,21 @@ def _check_out(out: Path, inputs: list[Path], ours: bool) -> None:
             raise UsageError(
                 f"--out {out} would replace the input {path}; choose another directory"
             )
-    if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
+    if (out.exists() or out.is_symlink()) and not ours and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(
-            f"--out {out} exists and is not an output of this command; choose another directory"
+            f"--out {out} exists and is not an output of this command"
+            + (f" ({why})" if why else "")
+            + "; choose another directory"
         )
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
+    import math
+
     from lorarec.core.io import sha256_file
     from lorarec.data import sources
     from lorarec.data.prepare import FORMAT_VERSION, PrepareOptions, prepare, report
+    from lorarec.data.prepared import earlier_output
 
     given = {
         "seed": args.seed,
@@ -74,6 +80,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             )
     if opts.min_history < 1:
         raise UsageError(f"--min-history must be at least 1, got {opts.min_history}")
+    if opts.seed < 0:
+        raise UsageError(f"--seed must be at least 0, got {opts.seed}")
+    if not math.isfinite(opts.positive_rating):
+        raise UsageError(f"--positive-rating must be a finite number, got {args.positive_rating}")
+    # one character: CSV quoting rules; longer ('::'): each line is split on it, no quoting
+    if args.sep is not None and (not args.sep or set(args.sep) & {"\n", "\r"} or args.sep == '"'):
+        raise UsageError(f"--sep {args.sep!r}: a separator cannot be empty, a newline or '\"'")
     out = Path(args.out)
     fmt = args.format or ("ml-100k" if args.source == "ml-100k" else None)
     if fmt is None:
@@ -99,10 +112,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             *(root / f"{split}.jsonl" for split in sources.SEQUENCE_SPLITS),
         ]
         source_name = str(root.resolve())
+    earlier, why = earlier_output(out)
     _check_out(
         out,
         [Path(args.source)] + files if fmt != "ml-100k" else files,
-        ours=(out / "manifest.json").is_file(),
+        ours=earlier is not None,
+        why=why,
     )
     # What the output is made from: format, separator and the sha256 of every input file.
     inputs = {
@@ -110,9 +125,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         "sep": args.sep,
         "files": {str(f.resolve()): sha256_file(f) for f in files if f.is_file()},
     }
-    existing = out / "manifest.json"
-    if existing.is_file() and not args.force:
-        manifest = json.loads(existing.read_text())
+    if earlier is not None and not args.force:
+        manifest = earlier
         wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}
         if (
             manifest.get("format_version"),
@@ -130,24 +144,31 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         src = sources.read_interactions(Path(args.source), Path(args.items), args.sep)
     else:
         src = sources.read_sequences(Path(args.source))
-    manifest = prepare(src, out, opts, source_name, inputs)
+    try:
+        manifest = prepare(src, out, opts, source_name, inputs, earlier=earlier)
+    except OSError as exc:
+        where_ = f": {exc.filename}" if exc.filename else ""
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc}{where_})") from None
     print(report(manifest))
     print(f"prepared in {out} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
 def cmd_data_import_llara(args: argparse.Namespace) -> int:
-    from lorarec.data.sources import LLARA_FILES, import_llara
+    from lorarec.data.prepared import earlier_import
+    from lorarec.data.sources import LLARA_FILES, LLARA_MARKER, LLARA_MARKER_FORMAT, import_llara
 
     out, src = Path(args.out), Path(args.dir)
-    ours = out.is_dir() and {p.name for p in out.iterdir()} == {
-        "items.tsv",
-        "train.jsonl",
-        "valid.jsonl",
-        "test.jsonl",
-    }
-    _check_out(out, [src, *(src / f for f in LLARA_FILES.values())], ours=ours)
-    counts, empty = import_llara(src, out, trust_pickle=args.trust_pickle)
+    # an earlier import is recognised by its marker file, not by file names
+    earlier, why = earlier_import(out, LLARA_MARKER, LLARA_MARKER_FORMAT)
+    _check_out(
+        out, [src, *(src / f for f in LLARA_FILES.values())], ours=earlier is not None, why=why
+    )
+    try:
+        counts, empty = import_llara(src, out, trust_pickle=args.trust_pickle, earlier=earlier)
+    except OSError as exc:
+        where_ = f": {exc.filename}" if exc.filename else ""
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc}{where_})") from None
     print(
         f"wrote {args.out}: "
         + ", ".join(
@@ -168,17 +189,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides.append(f"out={args.out}")
     cfg = load_config(args.config, overrides)
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir / "config.yaml")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file; eval writes a directory")
+    trained = [
+        n for n in ("train_summary.json", "checkpoints", "adapter") if (run_dir / n).exists()
+    ]
+    if trained:
+        raise UsageError(
+            f"--out {run_dir} holds a training run ({trained[0]}); evaluate into another "
+            f"directory, e.g. --out {run_dir / 'eval'}"
+        )
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise UsageError(f"--adapter {args.adapter}: not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)  # unwritable: one line now, not after evaluating
     start = time.perf_counter()
-    results = run_evaluation(cfg, llm=args.llm, adapter=args.adapter, progress=not args.quiet)
+    # --adapter evaluates the LLM with that adapter: it implies --llm
+    llm = args.llm or bool(args.adapter)
+    results = run_evaluation(cfg, llm=llm, adapter=args.adapter, progress=not args.quiet)
     results["seconds"] = round(time.perf_counter() - start, 1)
     table = results_table(results)
+    write_config(cfg, run_dir / "config.yaml")  # only once there are results to go with it
     write_json_atomic(run_dir / "results.json", results)
     write_text_atomic(run_dir / "results.md", table + "\n")
     print(table)
     print(f"\nresults: {run_dir / 'results.json'} ({results['seconds']} s)")
     return 0
+
+
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The command line that continues this run from its newest checkpoint."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or [])
+    keep: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--dry-run"):
+            continue
+        if a == "--out":  # replaced by the resolved run directory below
+            skip = True
+            continue
+        if a.startswith("--out="):
+            continue
+        keep.append(a)
+    return shlex.join(["lorarec", *keep, "--out", str(run_dir), "--resume"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -211,6 +268,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.resume and not (cfg.run_dir / "config.yaml").is_file():
         raise UsageError(f"--resume: {cfg.run_dir} holds no run to resume (no config.yaml)")
+    if args.resume and not (cfg.run_dir / "checkpoints" / "latest").is_file():
+        print(
+            f"lorarec: warning: --resume: {cfg.run_dir} holds no checkpoint yet (the run stopped "
+            "before its first save); training from step 0",
+            file=sys.stderr,
+        )
     opts = T.LaunchOptions(
         resume=args.resume,
         hostfile=args.hostfile,
@@ -241,6 +304,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt = cfg.run_dir / "checkpoints"
         tag = DeepSpeedStrategy.latest_checkpoint(ckpt)
         if tag is not None:
+            from lorarec.trainer.checkpoint_manifest import verify_checkpoint
+
+            # before any rank unpickles it: the user's own files, unchanged since the save
+            verify_checkpoint(ckpt, tag, complete=not args.hostfile)
             written = json.loads((ckpt / tag / "trainer_state.json").read_text()).get("world_size")
             ranks, keys = cfg.launch.ranks_per_node, "launch.ranks_per_node"
             if args.emit_slurm:
@@ -306,8 +373,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     graph = None
+    stopped: T.Stopped | None = None
     try:
         rc = T.run_launcher(cmd, env, run_dir)
+    except T.Stopped as exc:  # every rank has been stopped; end the rest, then say so
+        stopped, rc = exc, exc.exit_code
     finally:
         if targets is not None:
             targets.stop()
@@ -322,9 +392,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             ray.shutdown()  # the embedded service and local Ray end with the training
     train_seconds = time.perf_counter() - start
     results = None
+    if stopped is not None:
+        if main_node:
+            M.write_job_summary(cfg, run_dir, rc, time.perf_counter() - start, graph, None)
+        raise T.Stopped(
+            stopped.signum,
+            f"{stopped}: the ranks, the graph service and the metrics endpoints were stopped; "
+            f"continue it with: {resume_command(args, run_dir)}",
+        )
     if rc != 0:
-        print(
-            f"lorarec: error: training failed (launcher exit code {rc}); run directory {run_dir}",
+        why = T.failed_ranks(run_dir, rc)
+        print(  # on a line of its own after the ranks' progress bars
+            f"\nlorarec: error: training failed (launcher exit code {rc}"
+            + (f": {why}" if why else "")
+            + f"); continue it with: {resume_command(args, run_dir)}",
             file=sys.stderr,
         )
     else:
@@ -388,8 +469,36 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"lorarec: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``-v`` after any verb too (``lorarec train ... --debug``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(
+                    "--debug",
+                    action="store_true",
+                    default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS,
+                )
+                sub.add_argument(
+                    "-v",
+                    "--verbose",
+                    action="store_true",
+                    default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS,
+                )
+                _common_options(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lorarec",
         description="LLM recommenders fine-tuned with graph-aware, personalised and MoE LoRA adapters.",
     )
@@ -442,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also evaluate the backbone (zero-shot or with --adapter)",
     )
-    e.add_argument("--adapter", help="a PEFT adapter directory to load onto the backbone")
+    e.add_argument(
+        "--adapter", help="a PEFT adapter directory to load onto the backbone (implies --llm)"
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
@@ -574,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("config")
     cs.add_argument("overrides", nargs="*", metavar="key=value")
     cs.set_defaults(func=cmd_config_show)
+    _common_options(p)
     return p
 
 
@@ -581,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Library deprecation notices (transformers, torch) are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     # key=value overrides may come after options (`--out D train.lr=1e-4`), which argparse
     # leaves over: take them as overrides of the verbs that have some.
     if extra:
@@ -603,6 +717,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lorarec: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # a path the user named (unreadable, read-only, a directory, a full disk): one line
+        if args.debug or exc.filename is None:
+            raise
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        reason = (exc.strerror or str(exc)).rstrip(".")
+        print(f"lorarec: error: {where}: {reason[:1].lower() + reason[1:]}", file=sys.stderr)
+        return 2
+    except Exception:
+        if args.debug:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(
+            "lorarec: internal error (a bug, not your input): please report it with the "
+            "traceback above and the command line",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,16 +21,31 @@ def _head_file() -> Path:
     return lorarec_home() / "ray" / "head.json"
 
 
-def _local_head() -> str | None:
+def _head_record() -> dict[str, Any] | None:
+    """The local Ray head an earlier ``serve`` started (``head.json``), or None."""
     f = _head_file()
-    if f.is_file():
-        return json.loads(f.read_text())["address"]
-    return None
+    if not f.is_file():
+        return None
+    try:
+        record = json.loads(f.read_bytes().decode("utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("address"), str):
+            raise ValueError("no address")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"{f}: not a record of a local Ray head ({exc}); remove it (and stop any Ray it "
+            "named with `ray stop`)"
+        ) from None
+    return record
+
+
+def _local_head() -> str | None:
+    record = _head_record()
+    return None if record is None else record["address"]
 
 
 def _head_session() -> str | None:
-    f = _head_file()
-    return json.loads(f.read_text()).get("session") if f.is_file() else None
+    record = _head_record()
+    return None if record is None else record.get("session")
 
 
 def _connect(address: str | None, start_local: bool = False) -> str:

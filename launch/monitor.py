@@ -136,6 +136,9 @@ def monitor(
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise UsageError(f"{run}: not a run directory")
+    home = run / "prometheus"
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"{home}: a file where Prometheus keeps its config and data; move it away")
     if _seconds(scrape_interval) <= 0:
         raise UsageError(f"--scrape-interval must be positive, got {scrape_interval}")
     exe = prometheus or shutil.which("prometheus")
@@ -154,7 +157,6 @@ def monitor(
         raise UsageError(
             f"--port {port}: 127.0.0.1:{port} is in use; choose another (0: a free one)"
         )
-    home = run / "prometheus"
     home.mkdir(parents=True, exist_ok=True)
     targets = run / TARGETS_FILE
     if not targets.exists():

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shlex
 import sys
 import time
@@ -213,6 +214,8 @@ def count(
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(arch, dtype=torch.bfloat16)
     model.tie_weights()  # init_empty_weights skips the tying from_pretrained does
+    if not full:
+        check_target_modules(model, cfg.train.lora.target_modules, backbone)
     base = sum(p.numel() for p in model.parameters())
     largest, largest_name = 0, ""
     for name, module in model.named_modules():
@@ -273,6 +276,27 @@ def count(
         adapted_inputs=adapted,
         encoders=encoders,
     )
+
+
+def check_target_modules(model, targets: list[str], backbone: str) -> None:
+    """Every ``train.lora.target_modules`` entry names a module of ``model`` (PEFT's rule: the
+    module's name, or its dotted suffix), before PEFT is asked to attach to it."""
+    import torch
+
+    names = [name for name, _ in model.named_modules() if name]
+    for i, target in enumerate(targets):
+        if not any(name == target or name.endswith("." + target) for name in names):
+            linear = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)
+                }
+            )
+            raise UsageError(
+                f"--backbone {backbone}: train.lora.target_modules[{i}]: {target!r} is not a "
+                f"module of {backbone} (its linear modules: {', '.join(linear)})"
+            )
 
 
 def _layer_index(name: str) -> int | None:
@@ -548,11 +572,13 @@ def main(args) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
     for name, value in (("--gpu-mem", args.gpu_mem), ("--cpu-mem", args.cpu_mem)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be a positive number of GiB, got {value}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive finite number of GiB, got {value}")
     cpu = args.device == "cpu"
-    if args.reserve is not None and args.reserve < 0:
-        raise UsageError(f"--reserve must be at least 0 GiB, got {args.reserve}")
+    if args.reserve is not None and not (math.isfinite(args.reserve) and args.reserve >= 0):
+        raise UsageError(
+            f"--reserve must be a finite number of GiB, at least 0, got {args.reserve}"
+        )
     overrides = list(args.overrides)
     if args.adapter:  # lora+collab: plain LoRA with collab tokens
         collab = args.adapter == "lora+collab"

@@ -31,11 +31,14 @@ from typing import TYPE_CHECKING
 from lorarec.core.config import RunConfig, write_config
 from lorarec.core.errors import LorarecError, UsageError
 from lorarec.core.io import atomic_path, write_text_atomic
+from lorarec.launch.train import DEFAULT_MASTER_PORT
 
 if TYPE_CHECKING:
     from lorarec.data.prepared import PreparedData
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+SCRIPT_MARK = "# `lorarec train --emit-slurm`."
+"""In every script lorarec writes: an existing file without it is not replaced."""
 MAX_HOSTS = 100_000
 """More hosts than this in one node list is taken for a typo (``n[1-1000000]``)."""
 WAIT_RAY_TIMEOUT = 600
@@ -272,7 +275,7 @@ def render_sbatch(
     Python environment are the current ones."""
     la = cfg.launch
     nodes, gpus = la.nodes, la.ranks_per_node
-    port = master_port or la.master_port
+    port = master_port or la.master_port or DEFAULT_MASTER_PORT
     bindir = Path(sys.executable).absolute().parent
     q = shlex.quote
     unit = "GPUs" if la.accelerator != "cpu" else "ranks"
@@ -484,6 +487,16 @@ def emit_slurm(
     ``path`` (atomically, mode 0755); start nothing. Returns the script's path."""
     from lorarec.trainer.conditioning import uses_service
 
+    script = Path(path)
+    if script.is_dir():
+        raise UsageError(f"--emit-slurm {script}: is a directory; name the script file to write")
+    if script.exists() and (
+        not script.is_file()
+        or SCRIPT_MARK not in script.read_bytes()[:4096].decode("utf-8", "replace")
+    ):
+        raise UsageError(
+            f"--emit-slurm {script}: exists and is not a script lorarec wrote; choose another path"
+        )
     run_dir = cfg.run_dir.resolve()
     config_path = run_dir / "config.yaml"
     text = render_sbatch(
@@ -495,7 +508,6 @@ def emit_slurm(
         master_port=master_port,
     )
     write_config(cfg, config_path)
-    script = Path(path)
     with atomic_path(script) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -8,11 +8,17 @@ the run's ``job`` label, so a dashboard can list finished runs after their endpo
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from lorarec.core.errors import UsageError
+
+USER_ENV = "LORAREC_PUSHGATEWAY_USER"
+PASSWORD_ENV = "LORAREC_PUSHGATEWAY_PASSWORD"
+"""Basic-auth credentials of ``monitoring.pushgateway`` (never in the URL or config.yaml)."""
 
 
 def summary_registry(summary: dict[str, Any]) -> CollectorRegistry:
@@ -71,7 +77,18 @@ def summary_registry(summary: dict[str, Any]) -> CollectorRegistry:
 
 def push(url: str, job: str, summary: dict[str, Any], timeout: float = 30.0) -> None:
     """Replace the job's group on the Pushgateway at ``url`` with the summary's series."""
+    handler = default_handler
+    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+    if user is not None or password is not None:
+        if user is None or password is None:
+            raise UsageError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
+
+        def handler(url, method, timeout, headers, data):  # basic auth from the environment
+            return basic_auth_handler(url, method, timeout, headers, data, user, password)
+
     try:
-        push_to_gateway(url, job=job, registry=summary_registry(summary), timeout=timeout)
+        push_to_gateway(
+            url, job=job, registry=summary_registry(summary), timeout=timeout, handler=handler
+        )
     except OSError as exc:  # URLError, HTTPError, refused, timed out
         raise UsageError(f"monitoring.pushgateway {url}: push of job {job} failed: {exc}") from None

@@ -155,3 +155,25 @@ def test_graphlora_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tm
     )
     assert wrong.returncode == 2
     assert len(wrong.stderr.strip().splitlines()) == 1 and "written by 2 ranks" in wrong.stderr
+    # the checkpoint DeepSpeed and lorarec saved matches its manifest; one changed byte in a
+    # rank's file (read with pickle on resume) is refused before any rank starts
+    from lorarec.trainer.checkpoint_manifest import verify_checkpoint
+
+    ckpt = crashed / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    assert verify_checkpoint(ckpt, tag) >= 6  # model and optimizer states, rng, trainer state
+    optim = sorted((ckpt / tag).glob("*rank_1_*optim_states.pt"))[0]
+    data = bytearray(optim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optim.write_bytes(bytes(data))
+    before = (crashed / "metrics.jsonl").read_text()
+    tampered = subprocess.run(
+        train_cmd(ml100k_prepared, crashed, *common, extra=["--resume"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert tampered.returncode == 2
+    err = tampered.stderr.strip().splitlines()
+    assert len(err) == 1 and optim.name in err[0] and "sha256" in err[0], err
+    assert (crashed / "metrics.jsonl").read_text() == before

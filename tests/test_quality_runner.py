@@ -118,7 +118,9 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
         assert m["train_seconds"] > 0 and m["trainable_parameters"] > 0
         assert m["vs_lora_collab"]["ndcg@10"]
         # the commit that trained each method is named (a resumed run may name more than one)
-        assert m["commits"] and all(c.split("-")[0] == result["commit"].split("-")[0] for c in m["commits"])
+        assert m["commits"] and all(
+            c.split("-")[0] == result["commit"].split("-")[0] for c in m["commits"]
+        )
     assert result["methods"]["lora_collab"]["vs_lora_collab"]["ndcg@10"] == [0.0, 0.0, 0.0]
     # the collaborative-token LoRA has the projector's parameters besides LoRA's
     assert (

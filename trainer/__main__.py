@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     args = p.parse_args(argv)
+    from lorarec.launch.train import die_with_parent, watch_train_process
+
+    die_with_parent()  # a rank never outlives its launcher
+    if os.getppid() == 1:  # the launcher died before that took effect
+        return 143
+    watch_train_process()  # nor the `lorarec train` above the launcher
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     rank = int(os.environ.get("RANK", 0))
@@ -28,15 +34,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    run_dir = Path(args.config).resolve().parent
+    status = RankStatus(run_dir, rank)
     try:
         cfg = load_config(args.config)
         from lorarec.trainer.recipe import recipe_main
 
-        recipe_main(cfg, Path(args.config).resolve().parent, args.resume)
+        recipe_main(cfg, run_dir, args.resume)
     except LorarecError as exc:
+        status.write("failed", str(exc))
         print(f"lorarec: error: [rank {rank}] {exc}", file=sys.stderr)
         return exc.exit_code
+    except BaseException as exc:
+        status.write("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    status.write("done")
     return 0
+
+
+class RankStatus:
+    """``RUN_DIR/ranks/rank-<r>.json``: this rank's pid, host and state (running, done, failed,
+    terminated). A rank that died without a word (SIGKILL, out of memory) stays ``running`` with
+    a pid that is gone: ``lorarec train`` names it after a failed run."""
+
+    def __init__(self, run_dir: Path, rank: int):
+        import signal
+        import socket
+
+        self.path = run_dir / "ranks" / f"rank-{rank}.json"
+        self.base = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
+        self.write("running")
+
+        def terminated(signum, frame):
+            self.write("terminated", signal.Signals(signum).name)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, terminated)
+
+    def write(self, state: str, detail: str = "") -> None:
+        from lorarec.core.io import write_json_atomic
+
+        write_json_atomic(self.path, {**self.base, "state": state, "detail": detail})
 
 
 if __name__ == "__main__":

@@ -23,51 +23,28 @@ from typing import Any
 
 import torch
 
+from lorarec.core import config as C
 from lorarec.core.config import RunConfig
 from lorarec.core.errors import ConfigError
+from lorarec.trainer import checkpoint_manifest as CM
 
 log = logging.getLogger(__name__)
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
-CHECKPOINT_MARKER = "COMPLETE"
+DS_CONFIG_DIR = C.DS_CONFIG_DIR
+CHECKPOINT_MARKER = CM.MARKER
 
 
 def ds_config_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"deepspeed.config: {path} not found")
-        return path
-    path = DS_CONFIG_DIR / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
-        raise ConfigError(
-            f"deepspeed.config: unknown config {name!r} (shipped: {', '.join(known)})"
-        )
-    return path
-
-
-def _set_dotted(cfg: dict, key: str, value: Any) -> None:
-    node = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-        for k, v in value.items():
-            _set_dotted(node[parts[-1]], k, v)
-    else:
-        node[parts[-1]] = value
+    return C.ds_config_path(name)
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The complete DeepSpeed config of a run (no "auto" values left)."""
-    path = ds_config_path(cfg.deepspeed.config)
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    """The complete DeepSpeed config of a run (no "auto" values left). The file and the
+    overrides are checked again here (the file may have changed since the config was read)."""
+    _, ds = C.read_ds_config(cfg.deepspeed.config)
     for key, value in cfg.deepspeed.overrides.items():
-        _set_dotted(ds, key, copy.deepcopy(value))
+        C.merge_ds_override(ds, key, copy.deepcopy(value), "deepspeed.overrides")
+    C.check_ds_dict(ds, "", lambda key: f"deepspeed.config {cfg.deepspeed.config} + overrides")
     t = cfg.train
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
     ds["gradient_accumulation_steps"] = t.gradient_accumulation_steps
@@ -245,6 +222,11 @@ class DeepSpeedStrategy:
         self.barrier()
         if self.is_main:
             write_json_atomic(root / tag / "trainer_state.json", state)
+        # every rank hashes what it wrote; the manifest comes last, before the marker
+        hashes = CM.own_hashes(root / tag, self.rank, self.world_size)
+        per_rank = self.all_gather_object(hashes)
+        if self.is_main:
+            CM.write_manifest(root / tag, per_rank)
             (root / tag / CHECKPOINT_MARKER).write_text("")
             write_text_atomic(root / "latest", tag + "\n")
             complete = sorted(

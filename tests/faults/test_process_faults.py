@@ -1,0 +1,162 @@
+"""Faults of processes: a rank killed with SIGKILL, and `lorarec train` itself stopped with
+SIGTERM or killed with SIGKILL. Real launcher, real ranks, real local Ray and endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.test_trainer import ROOT, losses, run_train, train_cmd
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.faults]
+
+# 24 samples, global batch 4: 6 steps, a checkpoint every 2
+COMMON = [
+    "train.max_samples=24",
+    "train.checkpoint_every=2",
+    "train.keep_checkpoints=3",
+    "train.log_samples=true",
+    "train.lora.dropout=0",
+]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` with its output in ``log`` (a pipe nobody reads would block it)."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT)
+
+
+def wait_for_steps(proc: subprocess.Popen, run: Path, steps: int, timeout: float = 600) -> None:
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
+            return
+        assert proc.poll() is None, f"the run ended early (exit code {proc.returncode})"
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {steps} steps in {timeout} s")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``lorarec: error:`` lines (progress bars end their lines with carriage returns)."""
+    return [x for x in re.split(r"[\r\n]", stderr) if x.startswith("lorarec: error:")]
+
+
+def rank_pid(run: Path, rank: int) -> int:
+    return json.loads((run / "ranks" / f"rank-{rank}.json").read_text())["pid"]
+
+
+def sample_keys(run: Path) -> list[str]:
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    return [k for x in map(json.loads, lines) for slot in x["slots"] for k in slot]
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def assert_all_gone(procs: list[psutil.Process], timeout: float = 30) -> None:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    left = []
+    for p in alive:
+        try:
+            left.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    for p in alive:  # don't leak them into the rest of the suite
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, left
+
+
+def test_sigkill_of_one_rank_ends_the_job_names_the_rank_and_resume_is_exact(
+    ml100k_prepared, tmp_path
+):
+    straight = tmp_path / "straight"
+    run_train(ml100k_prepared, straight, *COMMON)
+    run = tmp_path / "run"
+    proc = start(train_cmd(ml100k_prepared, run, *COMMON), tmp_path / "stderr.log")
+    wait_for_steps(proc, run, 3)
+    victim = rank_pid(run, 1)
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.time()
+    proc.wait(timeout=120)  # no hang in a collective
+    err = (tmp_path / "stderr.log").read_text()
+    assert time.time() - t0 < 60
+    assert proc.returncode != 0
+    lines = error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert f"rank 1 (pid {victim}) died" in lines[0] and "SIGKILL" in lines[0]
+    assert f"--out {run} --resume" in lines[0]
+    resume = lines[0].split("continue it with: ", 1)[1].split()
+    assert resume[:2] == ["lorarec", "train"]
+    run_train(ml100k_prepared, run, *COMMON, extra=["--resume"])
+    a, b = losses(straight), losses(run)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
+    # every sample of the planned steps exactly once, in the uninterrupted run's order
+    keys = sample_keys(run)
+    assert len(keys) == 24 and len(set(keys)) == 24
+    assert keys == sample_keys(straight)
+
+
+def test_sigterm_to_lorarec_train_stops_ranks_ray_and_endpoints_and_resume_works(
+    ml100k_prepared, tmp_path
+):
+    """GraphLoRA with the graph service on a local Ray and the metrics endpoints: SIGTERM to
+    `lorarec train` leaves no process behind and empties the discovery file."""
+    common = [
+        *COMMON,
+        "train.adapter=graphlora",
+        "graph_service.backend=ray",
+        "monitoring.enabled=true",
+    ]
+    run = tmp_path / "run"
+    proc = start(train_cmd(ml100k_prepared, run, *common), tmp_path / "stderr.log")
+    wait_for_steps(proc, run, 2)
+    tree = descendants(proc.pid)
+    names = " ".join(p.name() for p in tree)
+    assert "raylet" in names and "gcs_server" in names  # Ray is part of what must stop
+    assert json.loads((run / "prometheus_targets.json").read_text())  # endpoints announced
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    err = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM
+    lines = error_lines(err)
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "--resume" in lines[0], err[
+        -2000:
+    ]
+    assert_all_gone(tree)
+    assert json.loads((run / "prometheus_targets.json").read_text()) == []
+    run_train(ml100k_prepared, run, *common, extra=["--resume"])
+    assert len(losses(run)) == 6
+
+
+def test_sigkill_to_lorarec_train_leaves_no_rank_or_ray_process(ml100k_prepared, tmp_path):
+    common = [*COMMON, "train.adapter=graphlora", "graph_service.backend=ray"]
+    run = tmp_path / "run"
+    proc = start(train_cmd(ml100k_prepared, run, *common), tmp_path / "stderr.log")
+    wait_for_steps(proc, run, 2)
+    tree = descendants(proc.pid)
+    assert any("lorarec.trainer" in " ".join(p.cmdline()) for p in tree)
+    ours = [
+        p for p in tree if "ray" not in p.name().lower() and "ray::" not in " ".join(p.cmdline())
+    ]
+    assert len(ours) >= 4  # deepspeed runner, launcher, 2 ranks
+    proc.kill()
+    proc.wait()
+    assert_all_gone(ours, timeout=30)  # the launcher and the ranks
+    # Ray's processes share the fate of the process that started them; its dashboard agent
+    # gives up on its raylet's GCS first, which takes longer
+    assert_all_gone(tree, timeout=120)
