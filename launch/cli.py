@@ -524,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["ml-100k", "interactions", "sequences"])
     pr.add_argument("--items", help="items file (item, title) for --format interactions")
     pr.add_argument(
-        "--sep", help="field separator of --format interactions files (default from extension)"
+        "--sep",
+        help="field separator of --format interactions files (default from extension); one of "
+        "several characters (::) splits each line as is, without CSV quoting",
     )
     pr.add_argument("--seed", type=int)
     pr.add_argument("--history-long", type=int)
