@@ -525,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--items", help="items file (item, title) for --format interactions")
     pr.add_argument(
         "--sep",
-        help="field separator of --format interactions files (default from extension); one of "
-        "several characters (::) splits each line as is, without CSV quoting",
+        help="field separator of --format interactions files (default from extension); a "
+        "separator of several characters (such as ::) splits each line as is, without CSV quoting",
     )
     pr.add_argument("--seed", type=int)
     pr.add_argument("--history-long", type=int)

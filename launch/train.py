@@ -242,7 +242,7 @@ def failed_ranks(run_dir: Path, rc: int) -> str:
         except (OSError, ValueError):
             continue
         if st.get("state") == "failed":
-            parts.append(f"rank {st['rank']} failed: {st.get('detail', '')[:200]}")
+            parts.append(f"rank {st['rank']} failed: {st.get('detail', '')[:500]}")
         elif (
             st.get("state") == "running"
             and st.get("host") == host

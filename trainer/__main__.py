@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe_main(cfg, run_dir, args.resume)
     except LorarecError as exc:
         status.write("failed", str(exc))
-        print(f"lorarec: error: [rank {rank}] {exc}", file=sys.stderr)
+        # `lorarec train` sums the ranks' failures up in its one `lorarec: error:` line
+        print(f"[rank {rank}] error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BaseException as exc:
         status.write("failed", f"{type(exc).__name__}: {exc}")
@@ -75,7 +76,12 @@ class RankStatus:
     def write(self, state: str, detail: str = "") -> None:
         from lorarec.core.io import write_json_atomic
 
-        write_json_atomic(self.path, {**self.base, "state": state, "detail": detail})
+        try:
+            write_json_atomic(self.path, {**self.base, "state": state, "detail": detail})
+        except OSError as exc:  # a full disk: the run's own error matters more; say so
+            print(
+                f"[rank {self.base['rank']}] could not record state {state}: {exc}", file=sys.stderr
+            )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,47 @@ import torch
 
 from lorarec.core import config as C
 from lorarec.core.config import RunConfig
-from lorarec.core.errors import ConfigError
+from lorarec.core.errors import ConfigError, LorarecError
 from lorarec.trainer import checkpoint_manifest as CM
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(LorarecError):
+    """A checkpoint could not be written (a full disk)."""
+
+
+def _disk_full(exc: BaseException, root: Path) -> bool:
+    """Whether ``exc`` (an OSError, or torch's RuntimeError of a failed write) came from a full
+    file system under ``root``."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(root).free < (1 << 20)
+    except OSError:
+        return False
+
+
+FAULT_ENV = "LORAREC_FAULT_CHECKPOINT"
+"""Fault injection for tests: ``POINT@STEP`` kills rank 0 (SIGKILL) in the save of step STEP,
+before POINT: ``rank-files`` (after DeepSpeed wrote them), ``manifest``, ``latest``."""
+
+
+def _injected_crash(point: str, step: int | None) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{point}@{step}" and int(os.environ.get("RANK", "0")) == 0:
+        import signal
+
+        log.warning("%s=%s: killing rank 0", FAULT_ENV, spec)
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 DS_CONFIG_DIR = C.DS_CONFIG_DIR
 CHECKPOINT_MARKER = CM.MARKER
@@ -207,14 +244,33 @@ class DeepSpeedStrategy:
 
     def save_checkpoint(self, root: Path, tag: str, state: dict[str, Any], keep: int) -> None:
         """Save ``tag`` under ``root``; ``root/latest`` moves to it only once every rank is done,
-        so a crash during a save leaves the previous checkpoint in use."""
+        so a crash during a save leaves the previous checkpoint in use. A full disk is one clear
+        error; the half-written checkpoint is removed and ``latest`` stays where it was."""
+        try:
+            self._save_checkpoint(root, tag, state, keep)
+        except Exception as exc:
+            if not _disk_full(exc, root):
+                raise
+            shutil.rmtree(root / tag, ignore_errors=True)
+            previous = self.latest_checkpoint(root)
+            raise CheckpointError(
+                f"no space left on device: checkpoint {tag} not saved, "
+                + (f"{previous} is intact" if previous else "no earlier checkpoint")
+                + f" ({root}: {shutil.disk_usage(root).free // 1024} KiB free)"
+            ) from None
+
+    def _save_checkpoint(self, root: Path, tag: str, state: dict[str, Any], keep: int) -> None:
         from safetensors.torch import save_file
 
         from lorarec.core.io import write_json_atomic, write_text_atomic
 
+        if self.is_main and (root / tag).exists():  # left by a run that crashed after saving it
+            shutil.rmtree(root / tag)
+        self.barrier()
         self.engine.save_checkpoint(
             str(root), tag=tag, exclude_frozen_parameters=True, save_latest=False
         )
+        _injected_crash("rank-files", state.get("global_step"))
         rng = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["torch_cuda"] = torch.cuda.get_rng_state()
@@ -226,8 +282,10 @@ class DeepSpeedStrategy:
         hashes = CM.own_hashes(root / tag, self.rank, self.world_size)
         per_rank = self.all_gather_object(hashes)
         if self.is_main:
+            _injected_crash("manifest", state.get("global_step"))
             CM.write_manifest(root / tag, per_rank)
             (root / tag / CHECKPOINT_MARKER).write_text("")
+            _injected_crash("latest", state.get("global_step"))
             write_text_atomic(root / "latest", tag + "\n")
             complete = sorted(
                 p for p in root.iterdir() if p.is_dir() and (p / CHECKPOINT_MARKER).exists()

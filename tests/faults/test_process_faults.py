@@ -18,9 +18,9 @@ from tests.test_trainer import ROOT, losses, run_train, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.faults]
 
-# 24 samples, global batch 4: 6 steps, a checkpoint every 2
+# 32 samples, global batch 4: 8 steps, a checkpoint every 2
 COMMON = [
-    "train.max_samples=24",
+    "train.max_samples=32",
     "train.checkpoint_every=2",
     "train.keep_checkpoints=3",
     "train.log_samples=true",
@@ -80,11 +80,17 @@ def assert_all_gone(procs: list[psutil.Process], timeout: float = 30) -> None:
     assert not left, left
 
 
+@pytest.fixture(scope="module")
+def straight(ml100k_prepared, tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must equal."""
+    run = tmp_path_factory.mktemp("faults") / "straight"
+    run_train(ml100k_prepared, run, *COMMON)
+    return run
+
+
 def test_sigkill_of_one_rank_ends_the_job_names_the_rank_and_resume_is_exact(
-    ml100k_prepared, tmp_path
+    ml100k_prepared, straight, tmp_path
 ):
-    straight = tmp_path / "straight"
-    run_train(ml100k_prepared, straight, *COMMON)
     run = tmp_path / "run"
     proc = start(train_cmd(ml100k_prepared, run, *COMMON), tmp_path / "stderr.log")
     wait_for_steps(proc, run, 3)
@@ -103,11 +109,11 @@ def test_sigkill_of_one_rank_ends_the_job_names_the_rank_and_resume_is_exact(
     assert resume[:2] == ["lorarec", "train"]
     run_train(ml100k_prepared, run, *COMMON, extra=["--resume"])
     a, b = losses(straight), losses(run)
-    assert len(a) == len(b) == 6
+    assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
     # every sample of the planned steps exactly once, in the uninterrupted run's order
     keys = sample_keys(run)
-    assert len(keys) == 24 and len(set(keys)) == 24
+    assert len(keys) == 32 and len(set(keys)) == 32
     assert keys == sample_keys(straight)
 
 
@@ -140,7 +146,7 @@ def test_sigterm_to_lorarec_train_stops_ranks_ray_and_endpoints_and_resume_works
     assert_all_gone(tree)
     assert json.loads((run / "prometheus_targets.json").read_text()) == []
     run_train(ml100k_prepared, run, *common, extra=["--resume"])
-    assert len(losses(run)) == 6
+    assert len(losses(run)) == 8
 
 
 def test_sigkill_to_lorarec_train_leaves_no_rank_or_ray_process(ml100k_prepared, tmp_path):
@@ -160,3 +166,90 @@ def test_sigkill_to_lorarec_train_leaves_no_rank_or_ray_process(ml100k_prepared,
     # Ray's processes share the fate of the process that started them; its dashboard agent
     # gives up on its raylet's GCS first, which takes longer
     assert_all_gone(tree, timeout=120)
+
+
+def test_a_crash_at_each_point_of_a_checkpoint_save_leaves_the_previous_one_in_use(
+    ml100k_prepared, straight, tmp_path
+):
+    """Rank 0 killed in three saves in a row: after DeepSpeed wrote the rank files, before the
+    manifest, and after the manifest but before `latest` moved. Each time the previous checkpoint
+    is the one in use, verifies, and `--resume` continues; the final losses equal an uninterrupted
+    run's."""
+    from lorarec.trainer.checkpoint_manifest import verify_checkpoint
+
+    common = COMMON  # 8 steps, a checkpoint every 2
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints"
+    for i, (point, step) in enumerate([("rank-files", 4), ("manifest", 6), ("latest", 8)]):
+        env = {**os.environ, "LORAREC_FAULT_CHECKPOINT": f"{point}@{step}"}
+        cmd = train_cmd(ml100k_prepared, run, *common, extra=["--resume"] if i else [])
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert out.returncode != 0, out.stderr[-2000:]
+        assert len(error_lines(out.stderr)) == 1, out.stderr[-2000:]
+        latest = (ckpt / "latest").read_text().strip()
+        assert latest == f"step-{step - 2:08d}", (point, latest)
+        assert verify_checkpoint(ckpt, latest) >= 6
+    run_train(ml100k_prepared, run, *common, extra=["--resume"])
+    assert (ckpt / "latest").read_text().strip() == "step-00000008"
+    verify_checkpoint(ckpt, "step-00000008")
+    a, b = losses(straight), losses(run)
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
+    keys = sample_keys(run)
+    assert len(keys) == 32 and keys == sample_keys(straight)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 16 MiB tmpfs this test mounts (root only)."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {out.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_previous_checkpoint(
+    ml100k_prepared, small_fs, tmp_path
+):
+    from lorarec.trainer.checkpoint_manifest import verify_checkpoint
+
+    run = small_fs / "run"
+    ckpt = run / "checkpoints"
+    proc = start(train_cmd(ml100k_prepared, run, *COMMON), tmp_path / "stderr.log")
+    deadline = time.time() + 600
+    while not (
+        (ckpt / "latest").is_file() and (ckpt / "latest").read_text().strip() == "step-00000002"
+    ):
+        assert proc.poll() is None and time.time() < deadline, (
+            tmp_path / "stderr.log"
+        ).read_text()[-2000:]
+        time.sleep(0.02)
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as fh:  # fill it, then free about 40 KiB: the step
+        try:  # lines fit, a checkpoint does not
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    with open(filler, "r+b") as fh:
+        fh.truncate(max(0, filler.stat().st_size - 40 * 1024))
+    proc.wait(timeout=300)
+    err = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode != 0
+    lines = error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert "no space left" in lines[0] and "step-00000002 is intact" in lines[0], lines[0]
+    assert "--resume" in lines[0]
+    assert (ckpt / "latest").read_text().strip() == "step-00000002"
+    assert verify_checkpoint(ckpt, "step-00000002") >= 6
+    assert not (ckpt / "step-00000004").exists()  # nothing half-written left
+    filler.unlink()
+    run_train(ml100k_prepared, run, *COMMON, extra=["--resume"])
+    assert len(losses(run)) == 8
