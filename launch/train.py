@@ -332,7 +332,8 @@ def _stop_tree(proc: subprocess.Popen, grace: float) -> None:
 def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path, grace: float = 30.0) -> int:
     """Run the deepspeed launcher and return its exit code. SIGTERM, SIGHUP or Ctrl-C to
     ``lorarec train`` stop the launcher and every rank first (:class:`Stopped` is raised then);
-    if ``lorarec train`` itself is killed, the launcher gets SIGTERM from the kernel."""
+    if ``lorarec train`` itself is killed, its local ranks stop within a second and the launcher
+    ends with them."""
     import psutil
 
     me = psutil.Process()
@@ -348,7 +349,9 @@ def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path, grace: floa
         raise Stopped(signum)
 
     # its own session: a signal meant for lorarec reaches the ranks only through it, in order
-    proc = subprocess.Popen(cmd, env=full_env, start_new_session=True, preexec_fn=die_with_parent)
+    # (no preexec_fn: this process has threads; the ranks watch it instead, see
+    # watch_train_process, and the launcher ends once its ranks have)
+    proc = subprocess.Popen(cmd, env=full_env, start_new_session=True)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         return proc.wait()
