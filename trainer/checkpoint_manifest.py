@@ -17,7 +17,6 @@ shared ones, and writes the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import stat
 from pathlib import Path
 
 from lorarec.core.errors import UsageError
+from lorarec.core.io import sha256_file as sha256
 
 MANIFEST = "manifest.json"
 MARKER = "COMPLETE"
@@ -36,14 +36,6 @@ def owner_rank(name: str) -> int:
     """The rank that wrote a checkpoint file (0 for files of no rank)."""
     m = _RANKED.search(name)
     return int(m.group(1)) if m else 0
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(ckpt: Path) -> list[Path]:
