@@ -9,7 +9,6 @@ the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -308,15 +307,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             # before any rank unpickles it: the user's own files, unchanged since the save
             verify_checkpoint(ckpt, tag, complete=not args.hostfile)
-            written = json.loads((ckpt / tag / "trainer_state.json").read_text()).get("world_size")
-            ranks, keys = cfg.launch.ranks_per_node, "launch.ranks_per_node"
-            if args.emit_slurm:
-                ranks, keys = ranks * cfg.launch.nodes, "launch.nodes x launch.ranks_per_node"
-            if written != ranks:
-                raise UsageError(
-                    f"--resume: {ckpt / tag} was written by {written} ranks, this run would start "
-                    f"{ranks} ({keys}); resume with the same number"
-                )
+            from lorarec.trainer.recipe import check_resume_shape
+
+            # another number of ranks is fine (a universal checkpoint), another global batch not
+            ranks = cfg.launch.ranks_per_node * (cfg.launch.nodes if args.emit_slurm else 1)
+            t = cfg.train
+            check_resume_shape(
+                DeepSpeedStrategy.checkpoint_state(ckpt, tag),
+                ckpt / tag,
+                ranks,
+                t.micro_batch_size,
+                t.gradient_accumulation_steps,
+            )
     if args.emit_slurm:
         from lorarec.launch.slurm import emit_slurm
 

@@ -154,7 +154,9 @@ def test_graphlora_kill_and_resume_matches_uninterrupted_run(ml100k_prepared, tm
         cwd=ROOT,
     )
     assert wrong.returncode == 2
-    assert len(wrong.stderr.strip().splitlines()) == 1 and "written by 2 ranks" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert "global batch of 4 samples (2 ranks)" in wrong.stderr, wrong.stderr
+    assert "gradient_accumulation_steps=2" in wrong.stderr, wrong.stderr
     # the checkpoint DeepSpeed and lorarec saved matches its manifest; one changed byte in a
     # rank's file (read with pickle on resume) is refused before any rank starts
     from lorarec.trainer.checkpoint_manifest import verify_checkpoint

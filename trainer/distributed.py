@@ -197,8 +197,13 @@ class DeepSpeedStrategy:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[m.dtype])
         return model, tokenizer
 
-    def initialize(self, model, lr_lambda):
+    def initialize(self, model, lr_lambda, universal: bool = False):
+        """The DeepSpeed engine. ``universal``: the run resumes from a checkpoint written by
+        another number of ranks, loaded through DeepSpeed's universal checkpoint format."""
         import deepspeed
+
+        if universal:
+            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
 
         params = [p for p in model.parameters() if p.requires_grad]
 
@@ -308,27 +313,97 @@ class DeepSpeedStrategy:
         tag = latest.read_text().strip()
         return tag if (root / tag / CHECKPOINT_MARKER).is_file() else None
 
+    @staticmethod
+    def checkpoint_state(root: Path, tag: str) -> dict[str, Any]:
+        """The trainer state saved with checkpoint ``root/tag``."""
+        return json.loads((root / tag / "trainer_state.json").read_text())
+
     def load_checkpoint(self, root: Path, tag: str) -> dict[str, Any]:
+        """Load ``root/tag`` into the engine and this rank's RNG. A checkpoint written by another
+        number of ranks is first converted to DeepSpeed's universal format (rank 0, into
+        ``root/<tag>.universal``, which the next save removes) and loaded from there; the engine
+        must then have been built with ``universal=True``."""
         from safetensors.torch import load_file
 
-        state = json.loads((root / tag / "trainer_state.json").read_text())
-        if state.get("world_size") != self.world_size:
-            raise ConfigError(
-                f"{root / tag}: written by {state.get('world_size')} ranks, this run has {self.world_size}; "
-                "resume with the same number of ranks (a world-size change needs DeepSpeed's universal "
-                "checkpoint conversion, ds_to_universal.py)"
-            )
+        state = self.checkpoint_state(root, tag)
+        written = state.get("world_size")
+        load_dir, load_tag = root, tag
+        if written != self.world_size:
+            if not self.ds_config.get("checkpoint", {}).get("load_universal"):
+                raise LorarecError(
+                    f"{root / tag}: written by {written} ranks, this run has {self.world_size}, "
+                    "and the engine was not built to load a universal checkpoint"
+                )
+            load_tag = universal_tag(tag)
+            if self.is_main:
+                convert_to_universal(root / tag, root / load_tag)
+                log.info(
+                    "%s was written by %s ranks; converted to DeepSpeed's universal checkpoint "
+                    "%s to load on %d",
+                    tag,
+                    written,
+                    root / load_tag,
+                    self.world_size,
+                )
+            self.barrier()
         path, _ = self.engine.load_checkpoint(
-            str(root),
-            tag=tag,
+            str(load_dir),
+            tag=load_tag,
             load_module_strict=False,
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
-        rng = load_file(str(root / tag / f"rng_rank{self.rank:05d}.safetensors"))
-        torch.set_rng_state(rng["torch_cpu"])
-        if "torch_cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["torch_cuda"])
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {root / load_tag}")
+        # this rank's RNG as it was; a rank the checkpoint did not have keeps its seeded state
+        rng_file = root / tag / f"rng_rank{self.rank:05d}.safetensors"
+        if rng_file.is_file():
+            rng = load_file(str(rng_file))
+            torch.set_rng_state(rng["torch_cpu"])
+            if "torch_cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["torch_cuda"])
         return state
+
+
+def universal_tag(tag: str) -> str:
+    """The directory (beside ``tag``) of its conversion to DeepSpeed's universal format."""
+    return f"{tag}.universal"
+
+
+def convert_to_universal(src: Path, dst: Path) -> None:
+    """Convert the ZeRO checkpoint ``src`` to DeepSpeed's universal format in ``dst`` (made
+    afresh: an earlier conversion is never trusted), with DeepSpeed's own ``ds_to_universal``,
+    in this process (no worker pool inside a rank)."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    for old in (tmp, dst):
+        if old.exists():
+            shutil.rmtree(old)
+    args = argparse.Namespace(
+        input_folder=str(src),
+        output_folder=str(tmp),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            ds_to_universal.main(args)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LorarecError(
+            f"{src}: DeepSpeed's universal checkpoint conversion failed ({type(exc).__name__}: {exc}); "
+            "resume with the number of ranks that wrote it"
+        ) from exc
+    log.debug("ds_to_universal: %s", out.getvalue())
+    os.replace(tmp, dst)
+    # DeepSpeed's own pointer beside the conversion; lorarec names what it loads
+    (dst.parent / "latest_universal").unlink(missing_ok=True)

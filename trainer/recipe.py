@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lorarec.core.config import RunConfig
+from lorarec.core.errors import ConfigError
 from lorarec.data.prepared import PreparedData
 from lorarec.trainer.adapter import attach_adapter, load_sasrec
 from lorarec.trainer.batching import (
@@ -155,8 +156,22 @@ class LoraRecipe:
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         t = cfg.train
+        resume_tag = s.latest_checkpoint(self.ckpt_dir) if self.resume else None
+        universal = False
+        if resume_tag is not None:
+            written = s.checkpoint_state(self.ckpt_dir, resume_tag)
+            check_resume_shape(
+                written,
+                self.ckpt_dir / resume_tag,
+                s.world_size,
+                t.micro_batch_size,
+                t.gradient_accumulation_steps,
+            )
+            universal = written["world_size"] != s.world_size
         self.engine = s.initialize(
-            model, lambda step: lr_factor(step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
+            model,
+            lambda step: lr_factor(step, t.warmup_steps, self.total_steps, t.min_lr_ratio),
+            universal=universal,
         )
         timer("engine")
         self.param_bytes = s.parameter_bytes(self.engine.module)
@@ -170,7 +185,7 @@ class LoraRecipe:
         if self.metrics is not None:
             self.metrics.total_steps.set(self.total_steps)
         if self.resume:
-            tag = s.latest_checkpoint(self.ckpt_dir)
+            tag = resume_tag
             if tag is None:
                 log.warning(
                     "--resume: no complete checkpoint in %s; starting from the beginning",
@@ -406,6 +421,7 @@ class LoraRecipe:
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
             "world_size": self.strategy.world_size,
+            "global_batch": self.stream.global_batch,
         }
         tag = f"step-{self.global_step:08d}"
         if self.strategy.latest_checkpoint(self.ckpt_dir) == tag:
@@ -615,6 +631,43 @@ def plot_loss(records: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def check_resume_shape(
+    state: dict, ckpt: Path, world_size: int, micro_batch_size: int, accumulation: int
+) -> None:
+    """Refuse (one line) to resume ``ckpt`` with another global batch: its data position
+    (epoch, step) and LR schedule count steps of the global batch it was written with. The
+    number of ranks may change (the checkpoint is then loaded through DeepSpeed's universal
+    format): every optimizer step still covers the same samples, since the sample stream
+    assigns a step's samples the same way whatever its split between ranks and accumulation."""
+    written_world = state.get("world_size")
+    written = state.get("global_batch")
+    if written is None:  # saved before lorarec recorded it
+        if written_world == world_size:
+            return
+        raise ConfigError(
+            f"--resume: {ckpt} was written by {written_world} ranks and does not record its "
+            f"global batch (an older lorarec); resume it with {written_world} ranks"
+        )
+    now = world_size * micro_batch_size * accumulation
+    if written == now:
+        return
+
+    def ranks(n):
+        return f"{n} rank" + ("" if n == 1 else "s")
+
+    hint = ""
+    if written % (world_size * micro_batch_size) == 0:
+        hint = (
+            f": with {ranks(world_size)} and micro-batch {micro_batch_size}, set "
+            f"train.gradient_accumulation_steps={written // (world_size * micro_batch_size)}"
+        )
+    raise ConfigError(
+        f"--resume: {ckpt} was written with a global batch of {written} samples "
+        f"({ranks(written_world)}), this run's is {now} ({ranks(world_size)} x micro-batch "
+        f"{micro_batch_size} x {accumulation} accumulation steps); keep the global batch{hint}"
+    )
 
 
 def recipe_main(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
