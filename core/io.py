@@ -16,11 +16,13 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike[str], keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it over ``final`` on success.
 
     Works for files and directories. On an exception the temporary path is removed and
-    ``final`` is left as it was.
+    ``final`` is left as it was. ``keep_existing``: a cache entry named by its content; when
+    another process published ``final`` meanwhile, that one is kept and ours dropped, so a
+    reader of the entry never finds it missing.
     """
     final = Path(os.path.abspath(final))  # "." and "x/.." get a name and a parent
     cwd = Path.cwd()
@@ -35,6 +37,8 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"nothing was written to {target} for {final}")
+        if keep_existing and final.exists():
+            return
         if final.is_dir() and not final.is_symlink():
             # Move the old directory aside first so that the swap is two renames.
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -24,6 +25,35 @@ def ml100k_prepared(ml100k_raw, tmp_path_factory):
     """ML-100K prepared by `lorarec data prepare ml-100k` with the default options."""
     out = tmp_path_factory.mktemp("ml100k") / "prepared"
     assert main(["data", "prepare", "ml-100k", "--out", str(out)]) == 0
+    return out
+
+
+SEQUENCE_USERS = 120  # ML-100K users whose sequences become rows (no user ids in the output)
+
+
+@pytest.fixture(scope="session")
+def ml100k_sequences(ml100k_prepared, tmp_path_factory):
+    """The next-item samples of the first SEQUENCE_USERS users of ML-100K written as a sequences-format
+    directory (raw item ids, titles) and prepared with `lorarec data prepare --format
+    sequences`."""
+    from lorarec.data.prepared import PreparedData
+
+    data = PreparedData.open(ml100k_prepared, "next_item")
+    raw = [line.split("\t")[1] for line in (ml100k_prepared / "items.tsv").read_text().splitlines()]
+    src = tmp_path_factory.mktemp("sequences") / "src"
+    src.mkdir()
+    (src / "items.tsv").write_text(
+        "".join(f"{raw[i]}\t{t}\n" for i, t in enumerate(data.titles)), encoding="utf-8"
+    )
+    for split in ("train", "valid", "test"):
+        rows = [
+            {"history": [raw[i] for i in s["history"]], "next": raw[s["target"]]}
+            for s in data.samples(split)
+            if s["user"] < SEQUENCE_USERS
+        ]
+        (src / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = src.parent / "prepared"
+    assert main(["data", "prepare", str(src), "--format", "sequences", "--out", str(out)]) == 0
     return out
 
 

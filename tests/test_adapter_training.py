@@ -15,23 +15,48 @@ from tests.test_trainer import ROOT, losses, run_train, start_and_kill, train_cm
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-# graphlora and reclora take neighbourhoods and histories from the graph service (real Ray
-# actors); ilora and graphmoe from the in-process sampler, which the service is tested equal to
-# (tests/test_graph_service.py), to keep the suite's time down.
+# case: (train.adapter, data, PEFT type, overrides). graphlora and reclora take neighbourhoods
+# and histories from the graph service (real Ray actors); the others from the in-process sampler,
+# which the service is tested equal to (tests/test_graph_service.py). The adapters whose inputs
+# differ on data without user ids run on the sequences format of the LLaRA/iLoRA benchmarks
+# (`ml100k_sequences`), whose graph is an item-item transition graph: GraphLoRA's node embeddings
+# are then pre-trained on that graph and its neighbourhoods are item neighbourhoods, GraphMoE's
+# gate pools the history's item states, and the collaborative-token LoRA embeds item nodes only.
+# RecLoRA and iLoRA condition on SASRec and run on user-id data (on data without users they read
+# the sample's own history, the path iLoRA's in-process runs take; SASRec on prefix rows:
+# tests/test_sasrec.py).
 ADAPTERS = {
-    "graphlora": ["train.graph.fanouts=[5,3]"],
-    "reclora": ["train.reclora.banks=4"],
-    "ilora": ["train.ilora.hybrid_prompt=true", "graph_service.backend=inprocess"],
-    "graphmoe": [
-        "train.graph.network=ngcf",
-        "train.graph.text_features=true",
-        "graph_service.backend=inprocess",
-    ],
+    "graphlora": ("graphlora", "sequences", "GRAPHLORA", ["train.graph.fanouts=[5,3]"]),
+    "reclora": ("reclora", "interactions", "RECLORA", ["train.reclora.banks=4"]),
+    "ilora": (
+        "ilora",
+        "interactions",
+        "ILORA",
+        ["train.ilora.hybrid_prompt=true", "graph_service.backend=inprocess"],
+    ),
+    "graphmoe": (
+        "graphmoe",
+        "sequences",
+        "GRAPHMOE",
+        [
+            "train.graph.network=ngcf",
+            "train.graph.text_features=true",
+            "graph_service.backend=inprocess",
+        ],
+    ),
+    "lora_collab": (
+        "lora",
+        "sequences",
+        "COLLAB",
+        ["train.lora.collab_tokens=true", "graph_service.backend=inprocess"],
+    ),
 }
 
 
-@pytest.mark.parametrize("adapter", list(ADAPTERS))
-def test_adapter_trains_exports_and_evaluates(ml100k_prepared, minilm, tmp_path, adapter):
+@pytest.mark.parametrize("case", list(ADAPTERS))
+def test_adapter_trains_exports_and_evaluates(
+    ml100k_prepared, ml100k_sequences, minilm, tmp_path, case
+):
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
@@ -41,25 +66,33 @@ def test_adapter_trains_exports_and_evaluates(ml100k_prepared, minilm, tmp_path,
     from lorarec.trainer.adapter import attach_adapter
     from lorarec.trainer.backbone import load_backbone
 
-    run = tmp_path / adapter
-    run_train(
-        ml100k_prepared,
+    adapter, kind, peft_type, extra = ADAPTERS[case]
+    data_dir = ml100k_sequences if kind == "sequences" else ml100k_prepared
+    assert (PreparedData.open(data_dir, "next_item").num_users == 0) == (kind == "sequences")
+    run = tmp_path / case
+    proc = run_train(
+        data_dir,
         run,
         f"train.adapter={adapter}",
-        *ADAPTERS[adapter],
+        *extra,
         "train.max_steps=5",
         "train.checkpoint_every=3",
         "train.evaluate=true",
+        "sasrec.epochs=1",
+        "train.graph.init_epochs=2",
         "eval.baselines=[popularity]",
         "eval.llm_limit=3",
         "eval.llm_methods=[likelihood,generation]",
         "eval.max_new_tokens=4",
         "eval.bootstrap=20",
     )
+    assert "Traceback" not in proc.stdout + proc.stderr
     tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step-00000003", "step-00000005"]
     saved = json.loads((run / "adapter/adapter_config.json").read_text())
-    assert saved["peft_type"] == adapter.upper()
+    assert saved["peft_type"] == peft_type
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 5 and all(x["loss"] > 0 for x in steps)
 
     cfg = load_config(run / "config.yaml")
     data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
@@ -90,6 +123,8 @@ def test_adapter_trains_exports_and_evaluates(ml100k_prepared, minilm, tmp_path,
     results = json.loads((run / "results.json").read_text())
     rows = [name for name in results["methods"] if adapter in name]
     assert any("likelihood" in r for r in rows) and any("generation" in r for r in rows)
+    if case == "lora_collab":  # the collab method is the one evaluated
+        assert all("lora+collab" in r for r in rows), rows
 
 
 def test_text_features_are_minilm_title_embeddings(ml100k_prepared, minilm):

@@ -132,6 +132,30 @@ def test_atomic_writes_refuse_the_current_directory_and_leave_nothing(tmp_path, 
     assert (work / "adir").is_dir()
 
 
+def test_a_cache_entry_published_meanwhile_is_kept_and_never_missing(tmp_path):
+    """Two processes filling one content-addressed cache entry (two test workers, two jobs on
+    a shared $LORAREC_HOME): the second keeps the first one's entry, which stays in place, and
+    leaves no temporary directory; without keep_existing the entry is replaced."""
+    from lorarec.core.io import atomic_path
+
+    final = tmp_path / "entry"
+    with atomic_path(final, keep_existing=True) as tmp:
+        tmp.mkdir()
+        (tmp / "f").write_text("first")
+        held = final.exists()  # nothing published yet
+        with atomic_path(final, keep_existing=True) as other:
+            other.mkdir()
+            (other / "f").write_text("second")
+        inode = final.stat().st_ino
+    assert not held
+    assert (final / "f").read_text() == "second" and final.stat().st_ino == inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        (tmp / "f").write_text("replaced")
+    assert (final / "f").read_text() == "replaced"
+
+
 def test_eval_never_overwrites_a_training_run(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -82,7 +82,7 @@ def tiny_backbone_dir(tiny: TinyBackboneConfig, dtype: str = "float32") -> Path:
         model = AutoModelForCausalLM.from_config(
             tiny_config(tiny, len(tokenizer)), dtype=DTYPES[dtype]
         )
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_existing=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return path

@@ -121,7 +121,7 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         layers=graph_cfg.layers,
         seed=seed,
     )
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_existing=True) as tmp:
         tmp.mkdir()
         save_file({"embeddings": emb.astype(np.float32)}, str(tmp / "embeddings.safetensors"))
         (tmp / "summary.json").write_text(json.dumps({**settings, **summary}, indent=1))

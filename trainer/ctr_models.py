@@ -387,7 +387,7 @@ def ensure_ctr_model(
         settings,
         progress,
     )
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_existing=True) as tmp:
         tmp.mkdir()
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp / "model.safetensors")

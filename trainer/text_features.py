@@ -53,7 +53,7 @@ def ensure_text_features(data, create: bool = True) -> np.ndarray:
     items = embed_titles(data.titles)
     features = np.zeros((data.num_users + len(items), items.shape[1]), np.float32)
     features[data.num_users :] = items
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_existing=True) as tmp:
         tmp.mkdir()
         save_file({"features": features}, str(tmp / "features.safetensors"))
     return features
