@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: $(STAMP) debs lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -n 2 --dist load --maxschedchunk 2 --durations=25
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not distributed"

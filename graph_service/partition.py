@@ -116,6 +116,7 @@ def build(
     out: Path,
     features: np.ndarray | None = None,
     sequences: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    cache: bool = False,
 ) -> dict[str, Any]:
     """Write the ``num_shards`` partitions of a prepared task to ``out`` (atomically);
     ``sequences`` is :func:`user_sequences` of ``data`` when the caller has it already."""
@@ -158,7 +159,8 @@ def build(
         "shards": [],
         "files": {},
     }
-    with atomic_path(out) as tmp:
+    # a cache entry (``cache``) that another process published meanwhile is kept
+    with atomic_path(out, keep_existing=cache) as tmp:
         tmp.mkdir()
         for k in range(num_shards):
             nodes = np.flatnonzero(owner == k).astype(np.int64)
@@ -211,6 +213,7 @@ def default_dir(data, num_shards: int) -> Path:
 
 def ensure(data, num_shards: int, out: Path | None = None) -> Path:
     """The partition directory for ``data`` with ``num_shards`` shards, built if missing."""
+    cache = out is None
     out = Path(out) if out is not None else default_dir(data, num_shards)
     if (out / "manifest.json").is_file():
         m = read_manifest(out)
@@ -224,7 +227,7 @@ def ensure(data, num_shards: int, out: Path | None = None) -> Path:
             f"{out}: holds a partition of other data or another shard count; "
             "remove it or choose another directory"
         )
-    build(data, num_shards, out)
+    build(data, num_shards, out, cache=cache)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -11,6 +12,36 @@ import pytest  # noqa: E402
 
 from lorarec.core import assets  # noqa: E402
 from lorarec.launch.cli import main  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (in their files' order): the xdist workers start on the long runs
+    and finish together on the quick tests, instead of one worker ending on a long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` run once per test session, whatever the number of xdist workers: the
+    first worker to ask builds ``<shared tmp>/name`` under a lock, the others wait and reuse it
+    (a build that failed is built again by the next one to ask)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by this session's workers (popen-gw0, popen-gw1, ...)
+    root = Path(base) / "shared"
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if path.exists():
+                import shutil
+
+                shutil.rmtree(path)
+            build(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +53,13 @@ def ml100k_raw():
 
 @pytest.fixture(scope="session")
 def ml100k_prepared(ml100k_raw, tmp_path_factory):
-    """ML-100K prepared by `lorarec data prepare ml-100k` with the default options."""
-    out = tmp_path_factory.mktemp("ml100k") / "prepared"
-    assert main(["data", "prepare", "ml-100k", "--out", str(out)]) == 0
-    return out
+    """ML-100K prepared by `lorarec data prepare ml-100k` with the default options (once per
+    session, shared by the xdist workers)."""
+
+    def prepare(out):
+        assert main(["data", "prepare", "ml-100k", "--out", str(out)]) == 0
+
+    return build_once(tmp_path_factory, "ml100k-prepared", prepare)
 
 
 SEQUENCE_USERS = 120  # ML-100K users whose sequences become rows (no user ids in the output)

@@ -20,6 +20,7 @@ from lorarec.graph_service import partition, service
 from lorarec.graph_service.client import GraphClient, Prefetcher
 from lorarec.graph_service.sampler import NeighborSampler
 from lorarec.graph_service.shard import GraphShard
+from tests.conftest import build_once
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +34,12 @@ def data(ml100k_prepared):
 
 @pytest.fixture(scope="module")
 def parts(data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("partitions")
-    seqs = partition.user_sequences(data)
-    for n in SHARDS:
-        partition.build(data, n, root / str(n), sequences=seqs)
+    def build(root):
+        seqs = partition.user_sequences(data)
+        for n in SHARDS:
+            partition.build(data, n, root / str(n), sequences=seqs)
+
+    root = build_once(tmp_path_factory, "partitions", build)
     return {n: root / str(n) for n in SHARDS}
 
 
@@ -57,7 +60,7 @@ def all_samples(data):
     return [s for split in ("train", "valid", "test") for s in data.samples(split)]
 
 
-def test_partition_layout_manifest_and_checksums(data, parts):
+def test_partition_layout_manifest_and_checksums(data, parts, tmp_path):
     indptr, indices = (np.asarray(a) for a in data.graph())
     n = len(indptr) - 1
     for k_shards, root in parts.items():
@@ -77,17 +80,17 @@ def test_partition_layout_manifest_and_checksums(data, parts):
             np.testing.assert_array_equal(sd["nbr_degree"], np.diff(indptr)[sd["indices"]])
         assert np.array_equal(np.sort(np.concatenate(owned)), np.arange(n))  # a partition
         assert sum(s["nodes"] for s in m["shards"]) == n
-    # a changed file fails its checksum when a shard loads it
-    victim = parts[2] / "shard-0001" / "indices.npy"
-    saved = victim.read_bytes()
-    try:
-        arr = np.load(victim)
-        arr[0] += 1
-        np.save(victim, arr)
-        with pytest.raises(DataError, match="checksum mismatch"):
-            partition.ShardData.load(parts[2], 1)
-    finally:
-        victim.write_bytes(saved)
+    # a changed file fails its checksum when a shard loads it (a copy: the partition is shared)
+    import shutil
+
+    copy = tmp_path / "partition"
+    shutil.copytree(parts[2], copy)
+    victim = copy / "shard-0001" / "indices.npy"
+    arr = np.load(victim)
+    arr[0] += 1
+    np.save(victim, arr)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        partition.ShardData.load(copy, 1)
     with pytest.raises(DataError, match="no shard 7"):
         partition.ShardData.load(parts[2], 7)
 

@@ -280,9 +280,11 @@ class DeepSpeedStrategy:
         if torch.cuda.is_available():
             rng["torch_cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(root / tag / f"rng_rank{self.rank:05d}.safetensors"))
-        self.barrier()
         if self.is_main:
             write_json_atomic(root / tag / "trainer_state.json", state)
+        # nothing is written into the checkpoint while the ranks hash it (an atomic write's
+        # temporary directory vanishing under another rank's scan would fail that rank)
+        self.barrier()
         # every rank hashes what it wrote; the manifest comes last, before the marker
         hashes = CM.own_hashes(root / tag, self.rank, self.world_size)
         per_rank = self.all_gather_object(hashes)

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import build_once
 from tests.test_trainer import ROOT, losses, records, run_train, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.faults]
@@ -80,12 +81,13 @@ def assert_all_gone(procs: list[psutil.Process], timeout: float = 30) -> None:
     assert not left, left
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(ml100k_prepared, tmp_path_factory) -> Path:
-    """The uninterrupted run the interrupted ones must equal."""
-    run = tmp_path_factory.mktemp("faults") / "straight"
-    run_train(ml100k_prepared, run, *COMMON)
-    return run
+    """The uninterrupted run the interrupted ones must equal (built once per session; the
+    tests copy what they change)."""
+    return build_once(
+        tmp_path_factory, "faults-straight", lambda run: run_train(ml100k_prepared, run, *COMMON)
+    )
 
 
 def test_sigkill_of_one_rank_ends_the_job_and_resume_works_on_another_number_of_ranks(
