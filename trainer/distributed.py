@@ -329,7 +329,7 @@ class DeepSpeedStrategy:
 
         state = self.checkpoint_state(root, tag)
         written = state.get("world_size")
-        load_dir, load_tag = root, tag
+        load_tag = tag
         if written != self.world_size:
             if not self.ds_config.get("checkpoint", {}).get("load_universal"):
                 raise LorarecError(
@@ -349,7 +349,7 @@ class DeepSpeedStrategy:
                 )
             self.barrier()
         path, _ = self.engine.load_checkpoint(
-            str(load_dir),
+            str(root),
             tag=load_tag,
             load_module_strict=False,
             load_optimizer_states=True,
