@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -24,8 +26,6 @@ def build_once(tmp_path_factory, name: str, build) -> Path:
     """``build(path)`` run once per test session, whatever the number of xdist workers: the
     first worker to ask builds ``<shared tmp>/name`` under a lock, the others wait and reuse it
     (a build that failed is built again by the next one to ask)."""
-    import fcntl
-
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # shared by this session's workers (popen-gw0, popen-gw1, ...)
@@ -35,10 +35,7 @@ def build_once(tmp_path_factory, name: str, build) -> Path:
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            if path.exists():
-                import shutil
-
-                shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)  # a build that failed half-way
             build(path)
             done.touch()
     return path

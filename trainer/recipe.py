@@ -185,14 +185,13 @@ class LoraRecipe:
         if self.metrics is not None:
             self.metrics.total_steps.set(self.total_steps)
         if self.resume:
-            tag = resume_tag
-            if tag is None:
+            if resume_tag is None:
                 log.warning(
                     "--resume: no complete checkpoint in %s; starting from the beginning",
                     self.ckpt_dir,
                 )
             else:
-                state = s.load_checkpoint(self.ckpt_dir, tag)
+                state = s.load_checkpoint(self.ckpt_dir, resume_tag)
                 self.global_step, self.epoch, self.step_in_epoch = (
                     state["global_step"],
                     state["epoch"],
@@ -200,7 +199,7 @@ class LoraRecipe:
                 )
                 self.samples_seen, self.tokens_seen = state["samples_seen"], state["tokens_seen"]
                 if s.is_main:
-                    log.info("resumed from %s (step %d)", tag, self.global_step)
+                    log.info("resumed from %s (step %d)", resume_tag, self.global_step)
         timer("resume")
         self.memory.update(self.start_memory_phase("setup"))
         if s.is_main:
