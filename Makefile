@@ -37,8 +37,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Three xdist workers on two cores: much of a launch's wall time is one process starting
+# (the deepspeed launcher, imports) or Ray's processes ending, which a third worker fills.
 test: $(STAMP) debs lint
-	$(BIN)/python -m pytest -n 2 --dist load --maxschedchunk 2 --durations=25
+	$(BIN)/python -m pytest -n 3 --dist load --maxschedchunk 2 --durations=25
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not distributed"

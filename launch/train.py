@@ -262,7 +262,27 @@ class Stopped(LorarecError):
 
 
 WATCH_ENV = "LORAREC_TRAIN_PROCESS"
-"""``pid:create_time`` of the ``lorarec train`` that started the local ranks."""
+"""``pid:start`` of the ``lorarec train`` that started the local ranks (:func:`process_start`)."""
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started, as a value that only another process could change: its start
+    in clock ticks since boot (Linux), so a later process that reuses the pid differs. Not
+    ``psutil``'s ``create_time()``, which adds the boot time the kernel derives from the wall clock:
+    a clock adjustment moved it by a second in the middle of runs and every rank took its
+    ``lorarec train`` for dead. Raises ProcessLookupError for a process that is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(pid) from None
 
 
 def watch_train_process(interval: float = 1.0) -> None:
@@ -270,17 +290,15 @@ def watch_train_process(interval: float = 1.0) -> None:
     daemon thread; the deepspeed launcher in between does not pass its own death on)."""
     import threading
 
-    import psutil
-
     value = os.environ.get(WATCH_ENV)
     if not value:
         return
-    pid, created = value.split(":", 1)
+    pid, started = value.split(":", 1)
 
     def alive() -> bool:
         try:
-            return abs(psutil.Process(int(pid)).create_time() - float(created)) < 1e-3
-        except psutil.NoSuchProcess:
+            return process_start(int(pid)) == started
+        except ProcessLookupError:
             return False
 
     def watch() -> None:
@@ -334,15 +352,13 @@ def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path, grace: floa
     ``lorarec train`` stop the launcher and every rank first (:class:`Stopped` is raised then);
     if ``lorarec train`` itself is killed, its local ranks stop within a second and the launcher
     ends with them."""
-    import psutil
-
-    me = psutil.Process()
+    me = os.getpid()
     full_env = {
         **os.environ,
         **env,
         "DS_ENV_FILE": str(run_dir / ".deepspeed_env"),
         # local ranks end when this process is gone, even if it was killed (SIGKILL)
-        WATCH_ENV: f"{me.pid}:{me.create_time()}",
+        WATCH_ENV: f"{me}:{process_start(me)}",
     }
 
     def stop(signum, frame):

@@ -97,3 +97,78 @@ def test_a_resumed_grouped_stream_continues_exactly(shards, start):
 def test_a_window_below_one_step_is_refused(shards):
     with pytest.raises(ValueError, match="length_window"):
         stream(shards, True, window=0)
+
+
+# ------------------------------------------------------------------ the shard reader
+
+
+def test_shards_read_the_same_through_tarfile_and_webdataset(shards):
+    """The trainer's reader of the prepared shards gives every sample of a shard, in order, as
+    the standard readers do: the shards stay webdataset shards."""
+    import json
+    import tarfile
+
+    import webdataset as wds
+
+    from lorarec.data.prepared import read_shard
+
+    for shard in shards:
+        ours = read_shard(shard)
+        with tarfile.open(shard) as tf:
+            assert ours == [tf.extractfile(m).read() for m in tf]
+        through_wds = [
+            x["json"] for x in wds.WebDataset(str(shard), shardshuffle=False, nodesplitter=None)
+        ]
+        assert ours == through_wds
+    assert sum(len(read_shard(s)) for s in shards) == N
+    assert json.loads(read_shard(shards[1])[0])["key"] == f"s{SHARD}"
+
+
+def _damaged(shard, tmp_path, change) -> object:
+    import gzip
+
+    raw = bytearray(gzip.decompress(shard.read_bytes()))
+    change(raw)
+    out = tmp_path / "train-000000.tar.gz"
+    out.write_bytes(gzip.compress(bytes(raw)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda raw: raw.__setitem__(slice(0, 1), b"x"), "no valid tar header at byte 0"),
+        (lambda raw: raw.__setitem__(slice(156, 157), b"5"), "no valid tar header at byte 0"),
+        (lambda raw: raw.__delitem__(slice(len(raw) - 1024, None)), "truncated tar archive"),
+        (lambda raw: raw.__delitem__(slice(700, None)), "truncated tar archive"),
+    ],
+    ids=["bad-checksum", "type-changed", "no-end-marker", "cut-in-a-member"],
+)
+def test_a_damaged_shard_is_one_error_naming_it(shards, tmp_path, change, fragment):
+    from lorarec.core.errors import DataError
+    from lorarec.data.prepared import read_shard
+
+    bad = _damaged(shards[0], tmp_path, change)
+    with pytest.raises(DataError, match=fragment) as exc:
+        read_shard(bad)
+    assert str(bad) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_directory_member_or_a_file_that_is_not_gzip_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    from lorarec.core.errors import DataError
+    from lorarec.data.prepared import read_shard
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo("sub")
+        info.type = tarfile.DIRTYPE
+        tf.addfile(info)
+    (tmp_path / "dir.tar.gz").write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match="is not a regular file"):
+        read_shard(tmp_path / "dir.tar.gz")
+    (tmp_path / "plain.tar.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="not a gzip-compressed sample shard"):
+        read_shard(tmp_path / "plain.tar.gz")

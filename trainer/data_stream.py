@@ -113,7 +113,7 @@ class TrainStream:
 
     def _epoch_samples(self, epoch: int, skip: int) -> Iterator[dict]:
         """Samples of ``epoch`` in order, after skipping the first ``skip`` of them."""
-        import webdataset as wds
+        from lorarec.data.prepared import read_shard
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
         for k in order.tolist():
@@ -122,14 +122,16 @@ class TrainStream:
             if skip >= len(keep):  # the whole shard was consumed before the resume point
                 skip -= len(keep)
                 continue
-            raw: list[bytes | None] = [None] * self.shard_counts[k]
             # Every rank reads the whole shard and keeps its own slots (see the module doc), so
             # the shard list is not split between nodes.
-            shard = wds.WebDataset(
-                str(self.shards[k]), shardshuffle=False, nodesplitter=_every_node
-            )
-            for j, item in enumerate(shard):
-                raw[j] = item["json"]
+            raw = read_shard(self.shards[k])
+            if len(raw) != self.shard_counts[k]:
+                from lorarec.core.errors import DataError
+
+                raise DataError(
+                    f"{self.shards[k]}: {len(raw)} samples, the manifest says "
+                    f"{self.shard_counts[k]}; prepare the data again"
+                )
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(keep)
             for j in perm[skip:].tolist():
                 yield json.loads(raw[j])
@@ -173,10 +175,6 @@ class TrainStream:
         slots = _split(batch, self.slots_per_step)
         mine = [slots[m * self.world + self.rank] for m in range(self.accum)]
         return StepSlots(epoch, step, slots, mine)
-
-
-def _every_node(urls):
-    return urls
 
 
 def _split(items: list, parts: int) -> list[list]:

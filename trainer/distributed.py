@@ -129,6 +129,14 @@ class DeepSpeedStrategy:
         from deepspeed.accelerator import get_accelerator
 
         backend = get_accelerator().communication_backend_name()
+        if get_accelerator().device_name() == "cpu":
+            # DeepSpeed's CPU communication backend JIT-compiles a shared-memory all-reduce op
+            # (a C++ toolchain and a minute on a fresh machine, a 64 MiB /dev/shm segment per
+            # rank) that only tensor-parallel inference calls; training reduces through gloo.
+            # Marking it incompatible is DeepSpeed's own switch for an op it cannot build.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
@@ -163,20 +171,6 @@ class DeepSpeedStrategy:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
-        if getattr(self, "device", None) is not None and self.device.type == "cpu":
-            # DeepSpeed's CPU allreduce maps a 64 MiB /dev/shm segment per rank and never
-            # unlinks it; every rank has mapped the others' by now, so the name can go
-            # (without this, each run leaves 64 MiB per rank in shared memory)
-            name = "_".join(
-                [
-                    "deepspeed_allreduce_buffer",
-                    str(os.getuid()),
-                    os.environ.get("MASTER_ADDR", ""),
-                    os.environ.get("MASTER_PORT", ""),
-                    str(self.local_rank),
-                ]
-            )
-            Path("/dev/shm", name).unlink(missing_ok=True)
 
     # -------------------------------------------------------------------- model
 

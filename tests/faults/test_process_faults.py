@@ -1,5 +1,8 @@
-"""Faults of processes: a rank killed with SIGKILL, and `lorarec train` itself stopped with
-SIGTERM or killed with SIGKILL. Real launcher, real ranks, real local Ray and endpoints."""
+"""Faults of processes: a rank killed with SIGKILL, `lorarec train` itself stopped with SIGTERM
+or killed with SIGKILL, a crash in each part of a checkpoint save, a full disk. Real launcher,
+real ranks, real local Ray and endpoints. The runs train GraphLoRA (its graph network and node
+embeddings are part of every checkpoint) over two epochs, each ending on a partial step, and
+every interrupted run must continue into the uninterrupted run's losses and sample order."""
 
 from __future__ import annotations
 
@@ -19,9 +22,14 @@ from tests.test_trainer import ROOT, losses, records, run_train, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.faults]
 
-# 32 samples, global batch 4: 8 steps, a checkpoint every 2
+# 18 samples, global batch 4: 5 steps an epoch (the last one holds 2 samples), 2 epochs: 10
+# steps, a checkpoint every 2
+SAMPLES, STEPS = 18, 10
 COMMON = [
-    "train.max_samples=32",
+    "train.adapter=graphlora",
+    "graph_service.backend=inprocess",  # the tests that need the service on Ray set it
+    f"train.max_samples={SAMPLES}",
+    "train.epochs=2",
     "train.checkpoint_every=2",
     "train.keep_checkpoints=3",
     "train.log_samples=true",
@@ -61,6 +69,22 @@ def sample_keys(run: Path) -> list[str]:
     return [k for x in map(json.loads, lines) for slot in x["slots"] for k in slot]
 
 
+def assert_same_training(request, run: Path) -> None:
+    """``run`` trained what the uninterrupted run trained: every step's loss (1e-5) and learning
+    rate, every sample of each epoch once, in the same order. The uninterrupted run is asked for
+    here, after the test's own runs, so that tests starting together do not all wait for it."""
+    straight = request.getfixturevalue("straight")
+    a, b = records(straight), records(run)
+    assert len(a) == len(b) == STEPS
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5, (losses(straight), losses(run))
+        assert x["lr"] == pytest.approx(y["lr"], rel=1e-9)
+    keys = sample_keys(run)
+    assert keys == sample_keys(straight)
+    assert len(keys) == 2 * SAMPLES
+    assert len(set(keys[:SAMPLES])) == SAMPLES and sorted(keys[:SAMPLES]) == sorted(keys[SAMPLES:])
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
@@ -91,7 +115,7 @@ def straight(ml100k_prepared, tmp_path_factory) -> Path:
 
 
 def test_sigkill_of_one_rank_ends_the_job_and_resume_works_on_another_number_of_ranks(
-    ml100k_prepared, straight, tmp_path
+    ml100k_prepared, request, tmp_path
 ):
     """Rank 1 killed with SIGKILL mid-run: the job ends in bounded time with one line naming the
     rank and the resume command. The run then continues on 1 rank (2 accumulation steps, the
@@ -138,7 +162,7 @@ def test_sigkill_of_one_rank_ends_the_job_and_resume_works_on_another_number_of_
         in out.stdout + out.stderr
     )
     state = json.loads((ckpt / "step-00000006" / "trainer_state.json").read_text())
-    assert state["world_size"] == 1 and state["global_batch"] == 4
+    assert state["world_size"] == 1 and state["global_batch"] == 4 and state["epoch"] == 1
     (ckpt / "latest").write_text("step-00000006\n")
     out = run_train(ml100k_prepared, run, *COMMON, extra=["--resume"])
     assert (
@@ -146,31 +170,20 @@ def test_sigkill_of_one_rank_ends_the_job_and_resume_works_on_another_number_of_
         in out.stdout + out.stderr
     )
     assert (
-        json.loads((ckpt / "step-00000008" / "trainer_state.json").read_text())["world_size"] == 2
+        json.loads((ckpt / "step-00000010" / "trainer_state.json").read_text())["world_size"] == 2
     )
     # the conversion is removed by the next save, and leaves DeepSpeed's pointer nowhere
     assert not list(ckpt.glob("*.universal")) and not (ckpt / "latest_universal").exists()
-    a, b = records(straight), records(run)
-    assert len(a) == len(b) == 8
-    for x, y in zip(a, b):
-        assert abs(x["loss"] - y["loss"]) <= 1e-5, (a, b)
-        assert x["lr"] == pytest.approx(y["lr"], rel=1e-9)
-    keys = sample_keys(run)
-    assert len(keys) == 32 and len(set(keys)) == 32
-    assert keys == sample_keys(straight)
+    assert_same_training(request, run)
 
 
 def test_sigterm_to_lorarec_train_stops_ranks_ray_and_endpoints_and_resume_works(
-    ml100k_prepared, tmp_path
+    ml100k_prepared, request, tmp_path
 ):
-    """GraphLoRA with the graph service on a local Ray and the metrics endpoints: SIGTERM to
-    `lorarec train` leaves no process behind and empties the discovery file."""
-    common = [
-        *COMMON,
-        "train.adapter=graphlora",
-        "graph_service.backend=ray",
-        "monitoring.enabled=true",
-    ]
+    """The graph service on a local Ray and the metrics endpoints: SIGTERM to `lorarec train`
+    leaves no process behind and empties the discovery file; the resumed run, its neighbourhoods
+    served by a new service, trains what the uninterrupted in-process run trained."""
+    common = [*COMMON, "graph_service.backend=ray", "monitoring.enabled=true"]
     run = tmp_path / "run"
     proc = start(train_cmd(ml100k_prepared, run, *common), tmp_path / "stderr.log")
     wait_for_steps(proc, run, 2)
@@ -189,11 +202,11 @@ def test_sigterm_to_lorarec_train_stops_ranks_ray_and_endpoints_and_resume_works
     assert_all_gone(tree)
     assert json.loads((run / "prometheus_targets.json").read_text()) == []
     run_train(ml100k_prepared, run, *common, extra=["--resume"])
-    assert len(losses(run)) == 8
+    assert_same_training(request, run)
 
 
 def test_sigkill_to_lorarec_train_leaves_no_rank_or_ray_process(ml100k_prepared, tmp_path):
-    common = [*COMMON, "train.adapter=graphlora", "graph_service.backend=ray"]
+    common = [*COMMON, "graph_service.backend=ray"]
     run = tmp_path / "run"
     proc = start(train_cmd(ml100k_prepared, run, *common), tmp_path / "stderr.log")
     wait_for_steps(proc, run, 2)
@@ -212,12 +225,13 @@ def test_sigkill_to_lorarec_train_leaves_no_rank_or_ray_process(ml100k_prepared,
 
 
 def test_a_crash_at_each_point_of_a_checkpoint_save_leaves_the_previous_one_in_use(
-    ml100k_prepared, straight, tmp_path
+    ml100k_prepared, request, tmp_path
 ):
     """Rank 0 killed in three saves in a row: after DeepSpeed wrote the rank files, before the
     manifest, and after the manifest but before `latest` moved. Each time the previous checkpoint
-    is the one in use, verifies, and `--resume` continues; the final losses equal an uninterrupted
-    run's."""
+    is the one in use, verifies, and `--resume` continues; the final run trained what the
+    uninterrupted run trained. Then one changed byte in a rank's file (read with pickle on resume)
+    is refused before any rank starts."""
     from lorarec.trainer.checkpoint_manifest import verify_checkpoint
 
     common = COMMON  # 8 steps, a checkpoint every 2
@@ -233,13 +247,26 @@ def test_a_crash_at_each_point_of_a_checkpoint_save_leaves_the_previous_one_in_u
         assert latest == f"step-{step - 2:08d}", (point, latest)
         assert verify_checkpoint(ckpt, latest) >= 6
     run_train(ml100k_prepared, run, *common, extra=["--resume"])
-    assert (ckpt / "latest").read_text().strip() == "step-00000008"
-    verify_checkpoint(ckpt, "step-00000008")
-    a, b = losses(straight), losses(run)
-    assert len(a) == len(b) == 8
-    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
-    keys = sample_keys(run)
-    assert len(keys) == 32 and keys == sample_keys(straight)
+    assert (ckpt / "latest").read_text().strip() == "step-00000010"
+    # model and optimizer states, RNG, trainer state
+    assert verify_checkpoint(ckpt, "step-00000010") >= 6
+    assert_same_training(request, run)
+
+    optim = sorted((ckpt / "step-00000010").glob("*rank_1_*optim_states.pt"))[0]
+    data = bytearray(optim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optim.write_bytes(bytes(data))
+    before = (run / "metrics.jsonl").read_text()
+    tampered = subprocess.run(
+        train_cmd(ml100k_prepared, run, *common, extra=["--resume"]),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert tampered.returncode == 2
+    err = tampered.stderr.strip().splitlines()
+    assert len(err) == 1 and optim.name in err[0] and "sha256" in err[0], err
+    assert (run / "metrics.jsonl").read_text() == before
 
 
 @pytest.fixture
@@ -259,7 +286,7 @@ def small_fs(tmp_path):
 
 
 def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_previous_checkpoint(
-    ml100k_prepared, small_fs, tmp_path
+    ml100k_prepared, request, small_fs, tmp_path
 ):
     from lorarec.trainer.checkpoint_manifest import verify_checkpoint
 
@@ -295,4 +322,28 @@ def test_a_full_disk_during_a_save_is_one_error_and_keeps_the_previous_checkpoin
     assert not (ckpt / "step-00000004").exists()  # nothing half-written left
     filler.unlink()
     run_train(ml100k_prepared, run, *COMMON, extra=["--resume"])
-    assert len(losses(run)) == 8
+    assert_same_training(request, run)
+
+
+def test_a_rank_knows_its_lorarec_train_by_a_start_time_the_wall_clock_cannot_move(monkeypatch):
+    """The ranks watch `lorarec train` by pid and start time: the start time must not follow the
+    boot time the kernel derives from the wall clock (an adjusted clock moved that by a second
+    mid-run, and every rank stopped itself); a process that is gone is told apart."""
+    import psutil
+    import psutil._pslinux
+
+    from lorarec.launch.train import process_start
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        before = process_start(child.pid)
+        shifted = psutil.boot_time() + 1.0
+        monkeypatch.setattr(psutil, "boot_time", lambda: shifted)
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: shifted)
+        assert process_start(child.pid) == before
+        assert process_start(os.getpid()) != before
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(ProcessLookupError):
+        process_start(child.pid)
