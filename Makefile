@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-compile torch==2.13.0
 	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	# Then bytecode for every installed module at once, on every core. Not left to first imports:
-	# where PYTHONDONTWRITEBYTECODE is set (CI sets it) nothing is ever written back, and every
-	# process compiled torch, DeepSpeed and transformers from source again (12 s of CPU per rank
-	# start: the test suite took 47 CPU minutes instead of 28). The one file skipped is Python
-	# 3.12 syntax.
+	# where PYTHONDONTWRITEBYTECODE is set (the machines this project's CI runs on set it) nothing
+	# is ever written back, and every process compiled torch, DeepSpeed and transformers from
+	# source again (12 s of CPU per rank start: the test suite took 47 CPU minutes instead of 28).
+	# The one file skipped is Python 3.12 syntax.
 	$(BIN)/python -m compileall -q -j 0 -x 'torch/testing/_internal/py312_intrinsics\.py$$' $(VENV)/lib
 	touch $(STAMP)
 
