@@ -113,6 +113,7 @@ class TrainStream:
 
     def _epoch_samples(self, epoch: int, skip: int) -> Iterator[dict]:
         """Samples of ``epoch`` in order, after skipping the first ``skip`` of them."""
+        from lorarec.core.errors import DataError
         from lorarec.data.prepared import read_shard
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
@@ -126,8 +127,6 @@ class TrainStream:
             # the shard list is not split between nodes.
             raw = read_shard(self.shards[k])
             if len(raw) != self.shard_counts[k]:
-                from lorarec.core.errors import DataError
-
                 raise DataError(
                     f"{self.shards[k]}: {len(raw)} samples, the manifest says "
                     f"{self.shard_counts[k]}; prepare the data again"
