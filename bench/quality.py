@@ -25,7 +25,8 @@ input tokens at the user and item placeholders), ``graphlora``, ``reclora``, ``i
 the LLM's samples.
 
 Every run directory is kept under ``--runs``: with ``--resume`` a killed benchmark continues
-where it stopped (finished methods are read back, a method with a checkpoint resumes from it),
+where it stopped (finished methods are read back, a method killed while evaluating is only
+evaluated, a method with a checkpoint resumes from it),
 so a long run can go on in the background across sessions. Without ``--resume`` a non-empty
 runs directory is refused.
 
@@ -152,9 +153,36 @@ def common_overrides(args, seed: int) -> list[str]:
 
 def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[dict, str]:
     """Train and evaluate ``name`` into ``run`` (or read it back): its summary and how it was
-    obtained (``done``: read back, ``resumed``, ``new``)."""
+    obtained (``done``: read back, ``evaluated``: trained before, ``resumed``, ``new``)."""
     if (run / "results.json").is_file() and (run / "train_summary.json").is_file():
         return read_method(run), "done"
+    evaluation = ["eval.llm_methods=[likelihood]", "eval.baselines=[]"]
+    overrides = [*METHODS[name], *common_overrides(args, seed), *sched["overrides"]]
+    if (run / "train_summary.json").is_file() and (run / "adapter").is_dir():
+        # trained and exported, killed while evaluating: evaluate the exported adapter with
+        # the same settings `lorarec train` evaluates with, without training again
+        eval_dir = run / "eval"
+        if eval_dir.exists():
+            shutil.rmtree(eval_dir)
+        with open(run / "commits.txt", "a") as f:
+            f.write(git_commit() + "\n")
+        cmd = [
+            *lorarec_cmd(),
+            "eval",
+            args.config,
+            "--out",
+            str(eval_dir),
+            "--adapter",
+            str(run / "adapter"),
+            "--quiet",
+            *overrides,
+            *evaluation,
+        ]
+        run_logged(cmd, run.parent / f"{run.name}.log")
+        tmp = run / "results.json.tmp"
+        shutil.copyfile(eval_dir / "results.json", tmp)
+        os.replace(tmp, run / "results.json")
+        return read_method(run), "evaluated"
     how = "new"
     cmd = [
         *lorarec_cmd(),
@@ -162,13 +190,10 @@ def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[di
         args.config,
         "--out",
         str(run),
-        *METHODS[name],
+        *overrides,
         f"launch.master_port={free_port()}",  # another run may hold the default port
-        *common_overrides(args, seed),
-        *sched["overrides"],
         "train.evaluate=true",
-        "eval.llm_methods=[likelihood]",
-        "eval.baselines=[]",
+        *evaluation,
     ]
     if (run / "checkpoints" / "latest").is_file():
         cmd.append("--resume")

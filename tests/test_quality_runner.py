@@ -122,6 +122,29 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
             c.split("-")[0] == result["commit"].split("-")[0] for c in m["commits"]
         )
     assert result["methods"]["lora_collab"]["vs_lora_collab"]["ndcg@10"] == [0.0, 0.0, 0.0]
+
+    # killed while evaluating (trained and exported, no results yet): --resume evaluates the
+    # exported adapter with the settings training evaluated with, and does not train again
+    collab = tmp_path / "runs" / "lora_collab-s42"
+    collab_mtime = (collab / "train_summary.json").stat().st_mtime_ns
+    (collab / "results.json").unlink()
+    (tmp_path / "quality.json").unlink()
+    again = subprocess.run(
+        runner(ml100k_prepared, tmp_path, "--resume"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    lines = again.stdout.splitlines()
+    assert any(x.startswith("[2/3] lora_collab seed 42: evaluated") for x in lines), lines
+    assert (collab / "train_summary.json").stat().st_mtime_ns == collab_mtime
+    reread = json.loads((tmp_path / "quality.json").read_text())
+    assert (
+        reread["methods"]["lora_collab"]["metrics"] == result["methods"]["lora_collab"]["metrics"]
+    )
     # the collaborative-token LoRA has the projector's parameters besides LoRA's
     assert (
         result["methods"]["lora_collab"]["trainable_parameters"]
