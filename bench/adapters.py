@@ -41,9 +41,9 @@ TARGET_VS_REFERENCE = 2.0
 
 def build_variants(cfg, data, backbone):
     """name -> (PEFT model, ConditioningBuilder, ExampleBuilder kinds)."""
+    from lorarec.classic.sasrec import SASRec, SASRecShape
     from lorarec.trainer.adapter import attach_adapter
     from lorarec.trainer.conditioning import ConditioningBuilder, placeholder_kinds
-    from lorarec.trainer.sasrec import SASRec, SASRecShape
 
     s = cfg.sasrec
     sasrec = SASRec(

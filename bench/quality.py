@@ -278,8 +278,8 @@ def pooled(entries: dict[int, dict]) -> dict:
 
 
 def metric_intervals(entry: dict, metrics: list[str], n: int) -> dict[str, list[float]]:
-    from lorarec.trainer import metrics as M
-    from lorarec.trainer.evaluate import metric_statistic
+    from lorarec.evaluation import metrics as M
+    from lorarec.evaluation.report import metric_statistic
 
     out = {}
     for m in metrics:
@@ -290,7 +290,7 @@ def metric_intervals(entry: dict, metrics: list[str], n: int) -> dict[str, list[
 
 
 def compare(entry: dict, ref: dict | None, metrics: list[str], n: int) -> dict | None:
-    from lorarec.trainer.evaluate import paired_comparison
+    from lorarec.evaluation.report import paired_comparison
 
     if ref is None:
         return None
@@ -336,7 +336,7 @@ def fmt(v: list | None, signed: bool = False) -> str:
 def table(result: dict) -> str:
     """The README table of one protocol's result file."""
     metrics = PROTOCOLS[result["protocol"]]["metrics"]
-    from lorarec.trainer.evaluate import main_metric
+    from lorarec.evaluation.report import main_metric
 
     main = main_metric(result["protocol"])
     head = (
@@ -395,7 +395,7 @@ def run(args) -> dict:
         raise RunnerError(f"{runs} holds runs: pass --resume to continue them, or another --runs")
     runs.mkdir(parents=True, exist_ok=True)
     sched = budget(args, common_overrides(args, args.seeds[0]))
-    from lorarec.trainer.evaluate import main_metric
+    from lorarec.evaluation.report import main_metric
 
     main = main_metric(args.protocol)
     start = time.perf_counter()

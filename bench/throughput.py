@@ -15,7 +15,7 @@ forward + backward timed round-robin; a step lasts as long as its slowest rank.
 shape of LLaRA's and iLoRA's LastFM and Steam files (no user ids; one row per interaction,
 its history the previous items, truncated). Before: every row is a sequence of its own (the
 windows of a user's sequence are trained once per row: quadratic in its length); after: the
-rows are rebuilt into whole sequences (:func:`lorarec.trainer.sasrec.training_sequences`), a
+rows are rebuilt into whole sequences (:func:`lorarec.classic.sasrec.training_sequences`), a
 loss at every position of each once. Both train the same model for the same epochs; the table
 shows the windows, the seconds per epoch and the ratio, and the validation NDCG@10 each reached.
 
@@ -256,7 +256,7 @@ def bench_grouping(args) -> dict:
 
 
 def bench_sasrec(args) -> dict:
-    from lorarec.trainer.sasrec import train_sasrec, training_sequences
+    from lorarec.classic.sasrec import train_sasrec, training_sequences
 
     train, valid = prefix_rows(args.rows, args.items, args.cap, args.seed)
     per_row = [[*s["history"], s["target"]] for s in train]

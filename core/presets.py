@@ -125,7 +125,7 @@ def architecture(spec: str):
         raise ConfigError(
             f"backbone {spec!r}: not a preset ({known}), a config.json or a model directory"
         )
-    from lorarec.core.config import read_json_object
+    from lorarec.core.files import read_json_object
 
     raw, _ = read_json_object(path, "model config")  # one line for bad JSON, duplicate keys
     return config_from_dict(raw, str(path))

@@ -50,11 +50,11 @@ import numpy as np
 from lorarec.core.config import DataConfig
 from lorarec.core.errors import DataError
 from lorarec.core.io import sha256_file
+from lorarec.data.prepared import FORMAT_VERSION
 from lorarec.data.sources import Interactions, Sequences
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: graph/times.npy (interaction time of each CSR entry)
 SPLITS = ("train", "valid", "test")
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from lorarec.core.errors import DataError, UsageError
-from lorarec.data.prepare import FORMAT_VERSION
+
+FORMAT_VERSION = 2  # 2: graph/times.npy (interaction time of each CSR entry)
 
 MANIFEST_KEYS = ("format_version", "source", "options", "counts", "tasks", "files")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -348,3 +349,14 @@ class PreparedData:
     @property
     def graph_info(self) -> dict[str, int]:
         return self.manifest["tasks"][self.task]["graph"]
+
+
+def training_subset(num_samples: int, subset_size: int | None, seed: int) -> np.ndarray | None:
+    """The canonical indices (sorted) of the training samples trained on when
+    ``train.max_samples`` is ``subset_size``: a fixed subset seeded by ``(seed, 7)``, the same
+    every epoch; None when every sample is trained on. The canonical index of a sample is its
+    position in the train split's shard order (``PreparedData.samples("train")``)."""
+    if subset_size is None or subset_size >= num_samples:
+        return None
+    keep = np.random.default_rng([seed, 7]).choice(num_samples, size=subset_size, replace=False)
+    return np.sort(keep)

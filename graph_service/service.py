@@ -308,18 +308,12 @@ def services() -> dict[str, int]:
 def restarts(namespace: str) -> dict[str, int]:
     """Restart count of each shard actor, from the GCS actor table (Ray's public state API
     needs the dashboard, which lorarec does not start)."""
+    from lorarec.graph_service.shard import actor_restarts
 
     return {
         actor_name(k): actor_restarts(h._actor_id.hex())
         for k, h in enumerate(shard_handles(namespace))
     }
-
-
-def actor_restarts(actor_id: str) -> int:
-    """How often Ray has restarted an actor, from the GCS actor table."""
-    import ray
-
-    return int(ray._private.state.actors(actor_id=actor_id)["NumRestarts"])
 
 
 def metrics_endpoints(namespace: str, timeout: float = 2.0) -> list:

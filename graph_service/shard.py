@@ -199,9 +199,15 @@ def _actor_restarts() -> int:
     actor_id = ray.get_runtime_context().get_actor_id()
     if actor_id is None:
         return 0
-    from lorarec.graph_service.service import actor_restarts
-
     return actor_restarts(actor_id)
+
+
+def actor_restarts(actor_id: str) -> int:
+    """How often Ray has restarted an actor, from the GCS actor table (Ray's public state API
+    needs the dashboard, which lorarec does not start)."""
+    import ray
+
+    return int(ray._private.state.actors(actor_id=actor_id)["NumRestarts"])
 
 
 def actor_class():

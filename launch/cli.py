@@ -60,8 +60,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     from lorarec.core.io import sha256_file
     from lorarec.data import sources
-    from lorarec.data.prepare import FORMAT_VERSION, PrepareOptions, prepare, report
-    from lorarec.data.prepared import earlier_output
+    from lorarec.data.prepare import PrepareOptions, prepare, report
+    from lorarec.data.prepared import FORMAT_VERSION, earlier_output
 
     given = {
         "seed": args.seed,
@@ -181,7 +181,8 @@ def cmd_data_import_llara(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lorarec.core.config import load_config, write_config
     from lorarec.core.io import write_json_atomic, write_text_atomic
-    from lorarec.trainer.evaluate import results_table, run_evaluation
+    from lorarec.evaluation.protocol import run_evaluation
+    from lorarec.evaluation.report import results_table
 
     overrides = list(args.overrides)
     if args.out:
@@ -337,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    from lorarec.trainer.adapter import prepare_adapter_inputs
+    from lorarec.classic.inputs import prepare_adapter_inputs
     from lorarec.trainer.backbone import load_tokenizer
 
     if isinstance(source, str):
@@ -413,7 +414,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"trained in {train_seconds:.0f} s; adapter: {run_dir / 'adapter'}")
         if cfg.train.evaluate and main_node:
-            from lorarec.trainer.evaluate import results_table, run_evaluation
+            from lorarec.evaluation.protocol import run_evaluation
+            from lorarec.evaluation.report import results_table
 
             results = run_evaluation(cfg, llm=True, adapter=str(run_dir / "adapter"), progress=True)
             table = results_table(results)

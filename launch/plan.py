@@ -251,7 +251,7 @@ def count(
                     adapted += module.in_features
     encoders = 0
     if t.adapter in ("ilora", "reclora") and not full:
-        from lorarec.trainer.sasrec import SASRec, SASRecShape
+        from lorarec.classic.sasrec import SASRec, SASRecShape
 
         s = cfg.sasrec
         with init_empty_weights():

@@ -329,7 +329,7 @@ def test_candidate_scoring_with_a_shared_prompt_cache_matches_rerunning_the_prom
     """Evaluation scores 20 candidates on one prompt KV cache; with conditioning (placeholder
     tokens in the prompt, per-sample states repeated for the candidates) it must equal
     re-running prompt + candidate, where the candidate's tokens stand for no node."""
-    from lorarec.trainer.evaluate import (
+    from lorarec.evaluation.scoring import (
         candidate_log_likelihoods,
         candidate_log_likelihoods_reference,
     )

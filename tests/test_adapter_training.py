@@ -129,8 +129,8 @@ def test_adapter_trains_exports_and_evaluates(
 def test_text_features_are_minilm_title_embeddings(ml100k_prepared, minilm):
     import numpy as np
 
+    from lorarec.classic.text_features import embed_titles, ensure_text_features
     from lorarec.data.prepared import PreparedData
-    from lorarec.trainer.text_features import embed_titles, ensure_text_features
 
     data = PreparedData.open(ml100k_prepared, "next_item")
     feats = ensure_text_features(data)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from lorarec.core import config as C
 from lorarec.core.errors import ConfigError
+from lorarec.core.files import json_key_lines
 from lorarec.launch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -840,5 +841,5 @@ def test_property_a_float_key_is_refused_exactly_when_out_of_range(value):
 
 def test_json_scanner_agrees_with_json_on_key_lines():
     text = json.dumps({"a": {"b": [1, {"c": 2}], "d": "x,y:{"}, "e": 3}, indent=1)
-    lines = C.json_key_lines(text)
+    lines = json_key_lines(text)
     assert lines[("a",)] == 2 and lines[("a", "b", 1, "c")] == 6 and lines[("e",)] == 11

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lorarec.classic import ctr_models as C
 from lorarec.core.config import load_config
 from lorarec.core.errors import ConfigError
-from lorarec.trainer import ctr_models as C
-from lorarec.trainer import metrics as M
+from lorarec.evaluation import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ class FakeData:
 
 
 def test_ctr_baselines_are_cached_and_reported_with_log_loss(tmp_path):
-    from lorarec.trainer.evaluate import evaluate_baselines
+    from lorarec.evaluation.protocol import evaluate_baselines
 
     splits = {
         "train": low_rank_ctr(3000, 0),
@@ -187,7 +187,7 @@ def test_ctr_baselines_are_cached_and_reported_with_log_loss(tmp_path):
 def test_a_ctr_only_baseline_on_next_item_data_is_refused_before_training(name, tmp_path):
     """Refused when the config is read (``lorarec train`` evaluates after training), and by
     the evaluation itself on data whose task is next_item, before anything is read."""
-    from lorarec.trainer.evaluate import evaluate_baselines
+    from lorarec.evaluation.protocol import evaluate_baselines
 
     with pytest.raises(ConfigError, match=f"{name} is a CTR baseline.*next_item task"):
         load_config(ROOT / "configs/tiny.yaml", [f"eval.baselines=[popularity,{name}]"])
@@ -201,7 +201,7 @@ def test_a_ctr_only_baseline_on_next_item_data_is_refused_before_training(name, 
 
 
 def test_sasrec_subset_without_max_samples_is_refused(tmp_path):
-    from lorarec.trainer.evaluate import evaluate_baselines
+    from lorarec.evaluation.protocol import evaluate_baselines
 
     with pytest.raises(ConfigError, match="sasrec_subset needs train.max_samples"):
         load_config(ROOT / "configs/tiny.yaml", ["eval.baselines=[sasrec_subset]"])
@@ -236,10 +236,11 @@ def next_item_samples(n: int, split: str, seed: int) -> list[dict]:
 def test_sasrec_subset_trains_on_exactly_the_samples_the_llm_trains_on(tmp_path, monkeypatch):
     """The samples the training stream yields with ``train.max_samples`` (read from real
     shards) are the ones ``training_subset`` picks, and the ones sasrec_subset trains on."""
-    import lorarec.trainer.sasrec as S
+    import lorarec.classic.sasrec as S
     from lorarec.data.prepare import _write_samples
-    from lorarec.trainer.data_stream import TrainStream, training_subset
-    from lorarec.trainer.evaluate import evaluate_baselines
+    from lorarec.data.prepared import training_subset
+    from lorarec.evaluation.protocol import evaluate_baselines
+    from lorarec.trainer.data_stream import TrainStream
 
     splits = {
         s: next_item_samples(n, s, k)
@@ -300,8 +301,8 @@ def test_lightgcn_ranks_ml100k_test_items_well(ml100k_prepared, tmp_path, monkey
     """LightGCN's dot products rank the held-out ML-100K items far above chance (a random
     ranking of 20 candidates has expected NDCG@10 of about 0.227), and it trains LightGCN
     embeddings even where the graph adapters' init is random."""
-    import lorarec.trainer.collab as collab
-    from lorarec.trainer.evaluate import run_evaluation
+    import lorarec.classic.collab as collab
+    from lorarec.evaluation.protocol import run_evaluation
 
     monkeypatch.setenv("LORAREC_HOME", str(tmp_path / "home"))
     kinds = []

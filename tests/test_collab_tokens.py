@@ -286,8 +286,8 @@ def test_builder_on_data_without_users(data):
 def test_config_peft_config_and_reload_checks(tmp_path):
     from peft import LoraConfig
 
+    from lorarec.evaluation.protocol import load_adapter
     from lorarec.trainer.adapter import peft_config
-    from lorarec.trainer.evaluate import load_adapter
 
     with pytest.raises(ConfigError, match="collab_tokens is plain LoRA's option"):
         load_config(None, ["train.adapter=graphlora", "train.lora.collab_tokens=true"])

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from lorarec.core.config import ModelConfig, load_config
-from lorarec.trainer import metrics as M
-from lorarec.trainer.backbone import byte_level_tokenizer, load_backbone
-from lorarec.trainer.evaluate import (
+from lorarec.evaluation import metrics as M
+from lorarec.evaluation.scoring import (
     candidate_log_likelihoods,
     candidate_log_likelihoods_reference,
     parse_answer,
     yes_probabilities,
 )
+from lorarec.trainer.backbone import byte_level_tokenizer, load_backbone
 from lorarec.trainer.prompts import answer_text, encode, next_item_prompt
 
 
@@ -160,7 +160,7 @@ def test_likelihood_scores_exactly_the_answer_tokens_training_learns(tiny, monke
     is the training loss of the sample, per answer token, negated."""
     import torch
 
-    import lorarec.trainer.evaluate as E
+    import lorarec.evaluation.protocol as E
     from lorarec.trainer.batching import IGNORE, ExampleBuilder, answer_token_loss_sum
 
     model, tok = tiny
@@ -202,7 +202,7 @@ def test_a_nan_llm_score_is_an_error_naming_the_method_and_the_sample(tiny):
 
     import torch
 
-    from lorarec.trainer.evaluate import evaluate_llm
+    from lorarec.evaluation.protocol import evaluate_llm
 
     model, tok = tiny
     broken = copy.deepcopy(model)
@@ -229,7 +229,7 @@ def ranking_entry(ranks, keys) -> dict:
 
 
 def test_every_method_is_compared_with_the_best_baseline_on_its_samples():
-    from lorarec.trainer.evaluate import add_baseline_comparisons, paired_comparison, results_table
+    from lorarec.evaluation.report import add_baseline_comparisons, paired_comparison, results_table
 
     rng = np.random.default_rng(0)
     keys = [f"test-{i:08d}" for i in range(60)]
@@ -284,7 +284,8 @@ def test_every_method_is_compared_with_the_best_baseline_on_its_samples():
 
 
 def test_ctr_methods_are_compared_on_the_metrics_both_report():
-    from lorarec.trainer.evaluate import add_baseline_comparisons, ctr_per_sample
+    from lorarec.evaluation.protocol import ctr_per_sample
+    from lorarec.evaluation.report import add_baseline_comparisons
 
     rng = np.random.default_rng(1)
     keys = [f"test-{i:08d}" for i in range(80)]
@@ -351,8 +352,8 @@ def test_ctr_scoring_sees_what_a_model_learned_and_a_constant_model_scores_auc_o
 
     import torch
 
+    from lorarec.evaluation.protocol import evaluate_llm
     from lorarec.trainer.batching import ExampleBuilder, answer_token_loss_sum, collate
-    from lorarec.trainer.evaluate import evaluate_llm
 
     base, tok = tiny
     model = copy.deepcopy(base)
@@ -462,8 +463,8 @@ def test_eval_cli_writes_results_for_every_method(ml100k_prepared, tmp_path, cap
     assert "| sasrec | 943 |" in table and "NDCG@10 vs best baseline (paired diff)" in table
     assert load_config(run / "config.yaml").eval.llm_limit == 4
     # the trained SASRec is cached for this data and these settings, and reused
+    from lorarec.classic.sasrec import sasrec_cache_dir
     from lorarec.data.prepared import PreparedData
-    from lorarec.trainer.evaluate import sasrec_cache_dir
 
     cfg = load_config(run / "config.yaml")
     cache, _ = sasrec_cache_dir(PreparedData.open(ml100k_prepared, "next_item"), cfg)
@@ -560,8 +561,8 @@ def test_prompt_wording_is_a_data_setting():
 def test_results_name_the_backbone_as_it_is():
     """The demo's backbone is SmolLM2-135M-Instruct dequantised from a Q4_1 GGUF, and results
     say so (results.json's ``backbone``, the first lines of results.md)."""
+    from lorarec.evaluation.report import results_table
     from lorarec.trainer.backbone import describe_backbone
-    from lorarec.trainer.evaluate import results_table
     from tests.test_trainer import ROOT
 
     demo = describe_backbone(load_config(ROOT / "configs/demo.yaml").model)

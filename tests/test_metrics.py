@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lorarec.trainer import metrics as M
+from lorarec.evaluation import metrics as M
 
 
 def test_target_ranks_are_pessimistic_on_ties():

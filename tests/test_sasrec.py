@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from lorarec.data.prepared import PreparedData
-from lorarec.trainer.baselines import item_popularity, popularity_scores
-from lorarec.trainer.metrics import hit_ratio_at, ndcg_at, target_ranks
-from lorarec.trainer.sasrec import (
+from lorarec.classic.baselines import item_popularity, popularity_scores
+from lorarec.classic.sasrec import (
     SASRec,
     SASRecShape,
     evaluate_ranks,
     train_sasrec,
     training_sequences,
 )
+from lorarec.data.prepared import PreparedData
+from lorarec.evaluation.metrics import hit_ratio_at, ndcg_at, target_ranks
 
 
 def test_representation_does_not_depend_on_batch_or_padding():

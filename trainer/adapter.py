@@ -1,9 +1,6 @@
-"""From the run config to a PEFT model with the configured adapter, and what it needs first.
-
-``prepare_adapter_inputs`` runs in the launching process before any rank starts: it trains and
-caches what the adapter reads (the frozen SASRec, the collaborative node embeddings, MiniLM
-title features), so that ranks only load them and never race to create them.
-"""
+"""From the run config to a PEFT model with the configured adapter. What the adapter reads
+(the frozen SASRec, the collaborative node embeddings, MiniLM title features) is trained and
+cached before any rank starts (:mod:`lorarec.classic.inputs`); ranks only load it."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import logging
 
 import torch
 
-from lorarec.trainer.conditioning import GRAPH_ADAPTERS, SEQUENCE_ADAPTERS, collab_tokens
+from lorarec.trainer.conditioning import GRAPH_ADAPTERS, collab_tokens
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +80,12 @@ def attach_adapter(model, cfg, data):
         gnn = model.base_model.shared("gnn")["default"]
         g = cfg.train.graph
         if g.init != "random":
-            from lorarec.trainer.collab import ensure_collab_embeddings
+            from lorarec.classic.collab import ensure_collab_embeddings
 
             emb = ensure_collab_embeddings(data, g, cfg.train.seed, create=False)
             gnn.init_embeddings(torch.as_tensor(emb))
         if g.text_features:
-            from lorarec.trainer.text_features import ensure_text_features
+            from lorarec.classic.text_features import ensure_text_features
 
             with torch.no_grad():
                 gnn.text_features.copy_(torch.as_tensor(ensure_text_features(data, create=False)))
@@ -97,36 +94,3 @@ def attach_adapter(model, cfg, data):
 
         enable_conditioning_kwarg(model)
     return model
-
-
-def load_sasrec(cfg, data, create: bool):
-    from lorarec.core.errors import AssetError
-    from lorarec.trainer.evaluate import ensure_sasrec, sasrec_cache_dir
-
-    def train_samples() -> list[dict]:
-        if not create:  # a rank: the launching process trains it
-            raise AssetError(f"the frozen SASRec is missing from {sasrec_cache_dir(data, cfg)[0]}")
-        return data.samples("train")
-
-    model, _ = ensure_sasrec(data, cfg, train_samples)
-    return model
-
-
-def prepare_adapter_inputs(cfg, data) -> None:
-    """Train and cache what the adapter needs, in the launching process."""
-    t = cfg.train
-    if t.adapter in SEQUENCE_ADAPTERS:
-        load_sasrec(cfg, data, create=True)
-    if collab_tokens(cfg):
-        from lorarec.trainer.collab import ensure_collab_embeddings
-
-        ensure_collab_embeddings(data, t.graph, t.seed, create=True)
-    if t.adapter in GRAPH_ADAPTERS:
-        if t.graph.init != "random":
-            from lorarec.trainer.collab import ensure_collab_embeddings
-
-            ensure_collab_embeddings(data, t.graph, t.seed, create=True)
-        if t.graph.text_features:
-            from lorarec.trainer.text_features import ensure_text_features
-
-            ensure_text_features(data, create=True)

@@ -143,7 +143,7 @@ class ConditioningBuilder:
             self.history_long = cfg.data.history_long
             self.item_table = self.sasrec.item_embeddings().detach().clone()
         if self.collab:
-            from lorarec.trainer.collab import collab_token_table, ensure_collab_embeddings
+            from lorarec.classic.collab import collab_token_table, ensure_collab_embeddings
 
             g = cfg.train.graph
             if collab is None:

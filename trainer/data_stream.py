@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lorarec.data.prepared import training_subset
+
 
 @dataclass
 class StepSlots:
@@ -43,17 +45,6 @@ class StepSlots:
     @property
     def num_samples(self) -> int:
         return sum(len(s) for s in self.slots)
-
-
-def training_subset(num_samples: int, subset_size: int | None, seed: int) -> np.ndarray | None:
-    """The canonical indices (sorted) of the training samples trained on when
-    ``train.max_samples`` is ``subset_size``: a fixed subset seeded by ``(seed, 7)``, the same
-    every epoch; None when every sample is trained on. The canonical index of a sample is its
-    position in the train split's shard order (``PreparedData.samples("train")``)."""
-    if subset_size is None or subset_size >= num_samples:
-        return None
-    keep = np.random.default_rng([seed, 7]).choice(num_samples, size=subset_size, replace=False)
-    return np.sort(keep)
 
 
 class TrainStream:

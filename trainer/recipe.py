@@ -31,10 +31,11 @@ from typing import Any
 
 import torch
 
+from lorarec.classic.inputs import load_sasrec
 from lorarec.core.config import RunConfig
 from lorarec.core.errors import ConfigError
 from lorarec.data.prepared import PreparedData
-from lorarec.trainer.adapter import attach_adapter, load_sasrec
+from lorarec.trainer.adapter import attach_adapter
 from lorarec.trainer.batching import (
     ExampleBuilder,
     answer_logits_to_keep,

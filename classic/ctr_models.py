@@ -282,7 +282,7 @@ def fit(
     global torch RNG is left as it was."""
     from tqdm import tqdm
 
-    from lorarec.trainer.metrics import auc
+    from lorarec.evaluation.metrics import auc
 
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]), _one_thread():

@@ -1,13 +1,13 @@
 """Non-LLM baselines scored on the same fixed candidates: random, popularity and LightGCN
 (the dot product of the propagated collaborative embeddings); the label-trained CTR baselines
-(``like_rate``, ``mf``, ``din``) are in :mod:`lorarec.trainer.ctr_models`, SASRec in
-:mod:`lorarec.trainer.sasrec`."""
+(``like_rate``, ``mf``, ``din``) are in :mod:`lorarec.classic.ctr_models`, SASRec in
+:mod:`lorarec.classic.sasrec`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from lorarec.trainer.sasrec import training_sequences
+from lorarec.classic.sasrec import training_sequences
 
 PROBABILITIES = ("sasrec", "sasrec_subset", "like_rate", "mf", "din")
 """Baselines whose ``ctr`` score is a probability (log loss is reported); the others give a
@@ -52,12 +52,12 @@ def lightgcn_scores(
 
 def lightgcn_baseline(data, cfg, samples: list[dict]) -> tuple[np.ndarray, dict]:
     """The ``lightgcn`` baseline's (N, K) scores: BPR-trained LightGCN node embeddings
-    (:func:`lorarec.trainer.collab.ensure_collab_embeddings`, always with ``init: lightgcn``,
+    (:func:`lorarec.classic.collab.ensure_collab_embeddings`, always with ``init: lightgcn``,
     cached and shared with the graph adapters), propagated over ``train.graph.layers``."""
     import dataclasses
     import time
 
-    from lorarec.trainer.collab import ensure_collab_embeddings, propagated_embeddings
+    from lorarec.classic.collab import ensure_collab_embeddings, propagated_embeddings
 
     started = time.perf_counter()
     g = dataclasses.replace(cfg.train.graph, init="lightgcn")

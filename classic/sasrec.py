@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorarec.core.io import atomic_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lorarec.core.config import RunConfig
+    from lorarec.data.prepared import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +222,7 @@ def train_sasrec(
     summary has each epoch's loss, validation NDCG@10 and seconds."""
     from tqdm import tqdm
 
-    from lorarec.trainer.metrics import ndcg_at
+    from lorarec.evaluation.metrics import ndcg_at
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -282,8 +289,78 @@ def candidate_scores(model: SASRec, samples: list[dict], batch_size: int = 512) 
 
 
 def evaluate_ranks(model: SASRec, samples: list[dict], batch_size: int = 512) -> np.ndarray:
-    from lorarec.trainer.metrics import target_ranks
+    from lorarec.evaluation.metrics import target_ranks
 
     scores = candidate_scores(model, samples, batch_size)
     tgt = np.array([s["candidates"].index(s["target"]) for s in samples])
     return target_ranks(scores, tgt, [s["key"] for s in samples], "sasrec (validation)")
+
+
+# ------------------------------------------------------------------ cache
+
+
+def sasrec_cache_dir(
+    data: PreparedData, cfg: RunConfig, subset: tuple[int, int] | None = None
+) -> tuple[Path, dict]:
+    """Where the SASRec trained for this prepared data and these settings is cached
+    (``$LORAREC_HOME/sasrec/<key>``), and the key: the sha256 of the data's manifest (which
+    holds the sha256 of every prepared file), the task and the SASRec settings (and
+    ``subset``'s size and seed, for a SASRec trained on a training subset)."""
+    extra = {} if subset is None else {"subset": {"size": subset[0], "seed": subset[1]}}
+    key = data.cache_key(task=data.task, sasrec=vars(cfg.sasrec), **extra)
+    return data.cache_dir("sasrec", key), key
+
+
+def ensure_sasrec(
+    data: PreparedData,
+    cfg: RunConfig,
+    train: Callable[[], list[dict]],
+    progress: bool = True,
+    subset: tuple[int, int] | None = None,
+):
+    """Load the SASRec trained for this data and config from the cache, or train and cache it;
+    ``train()`` gives the training samples, read only when there is something to train.
+
+    ``subset=(size, seed)``: trained only on the training samples the LLM trains on with
+    ``train.max_samples=size`` and ``train.seed=seed``
+    (:func:`lorarec.data.prepared.training_subset`, as the training stream picks them),
+    each sample one sequence: its history followed by its target."""
+    import json
+
+    from lorarec.classic.sasrec import SASRec, train_sasrec
+    from lorarec.data.prepared import training_subset
+
+    path, key = sasrec_cache_dir(data, cfg, subset)
+    if (path / "config.json").is_file():
+        meta = json.loads((path / "config.json").read_text()).get("meta", {})
+        if meta.get("key") == json.loads(json.dumps(key)):
+            log.info("sasrec: reusing %s", path)
+            return SASRec.load(path), meta.get("train", {})
+    s = cfg.sasrec
+    samples, sequences = train(), None
+    if subset is not None:
+        keep = training_subset(len(samples), *subset)
+        samples = samples if keep is None else [samples[i] for i in keep]
+        sequences = [[*x["history"], x["target"]] for x in samples]
+    model, info = train_sasrec(
+        samples,
+        data.samples("valid"),
+        data.num_items,
+        hidden_size=s.hidden_size,
+        num_layers=s.num_layers,
+        num_heads=s.num_heads,
+        dropout=s.dropout,
+        max_len=s.max_len,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        seed=s.seed,
+        progress=progress,
+        sequences=sequences,
+    )
+    summary = {"best_epoch": info["best_epoch"], "best_valid_ndcg@10": info["best_valid_ndcg@10"]}
+    if subset is not None:
+        summary["train_samples"] = len(samples)
+    model.save(path, extra={"key": key, "train": summary})
+    return model, summary
