@@ -11,7 +11,12 @@ Every family shares one low-rank core (:class:`~lorarec.adapters.core.LowRankBan
 """
 
 from lorarec.adapters.collab.layer import CollabConfig, CollabModel
-from lorarec.adapters.conditioning import Conditioning, GraphBatch, bind_conditioning
+from lorarec.adapters.conditioning import (
+    Conditioning,
+    GraphBatch,
+    bind_conditioning,
+    enable_gradient_checkpointing,
+)
 from lorarec.adapters.graphlora.layer import GraphLoraConfig, GraphLoraModel
 from lorarec.adapters.graphmoe.layer import GraphMoeConfig, GraphMoeModel
 from lorarec.adapters.ilora.layer import ILoraConfig, ILoraModel
@@ -44,4 +49,5 @@ __all__ = [
     "RecLoraModel",
     "bind_conditioning",
     "enable_conditioning_kwarg",
+    "enable_gradient_checkpointing",
 ]

@@ -29,6 +29,7 @@ placeholder tokens.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 import torch
@@ -124,16 +125,27 @@ class ConditioningContext:
     A plain object, not a module: it holds no parameters and adds nothing to the state dict.
     ``derive(adapter_name, conditioning, forward)`` is the tuner's function that computes the
     derived tensors; the layers read them with :meth:`state`.
+
+    Gradient checkpointing re-runs layers in the backward pass, after their forward has
+    returned, and they must read the state of *that* forward (which may not be the last one:
+    several micro-batches can run their forwards before their backwards). Every forward has an
+    id; :meth:`checkpoint_context` is non-reentrant checkpointing's ``context_fn``, which records
+    the id of the forward a checkpointed layer runs in and names it to :meth:`state` while the
+    layer is recomputed. A recomputation whose forward's state is gone is an error, and so is a
+    layer that runs outside a forward and outside a recomputation without bound conditioning.
     """
+
+    KEEP = 16
+    """Forwards whose derived state is kept for recomputation (the most recent ones)."""
 
     def __init__(self, derive):
         self._derive = derive
         self.stack: list[Conditioning | None] = []
         self.forward: dict = {}
         self._cache: dict[str, dict] = {}
-        # the last grad-enabled forward's derived state, kept after the forward returns: gradient
-        # checkpointing re-runs layers during backward
-        self._kept: dict[str, dict] = {}
+        self._next_id = 0
+        self._kept: OrderedDict[int, dict[str, dict]] = OrderedDict()
+        self._recomputing: int | None = None
 
     @contextlib.contextmanager
     def bind(self, cond: Conditioning | None):
@@ -150,25 +162,62 @@ class ConditioningContext:
         return None
 
     def begin_forward(self, batch: int, tokens: int, incremental: bool) -> None:
-        self.forward = {"batch": batch, "tokens": tokens, "incremental": incremental}
+        self._next_id += 1
+        self.forward = {
+            "batch": batch,
+            "tokens": tokens,
+            "incremental": incremental,
+            "id": self._next_id,
+        }
         self._cache = {}
 
     def end_forward(self) -> None:
         if torch.is_grad_enabled() and self._cache:
-            self._kept = self._cache
+            self._kept[self.forward["id"]] = self._cache
+            while len(self._kept) > self.KEEP:
+                self._kept.popitem(last=False)
         self._cache = {}
         self.forward = {}
 
+    def checkpoint_context(self):
+        """``context_fn`` of ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``, called
+        when a checkpointed layer runs in a forward: a context for the forward (nothing to do)
+        and one for its recomputation, which names the forward whose state the layer reads."""
+        forward_id = self.forward.get("id")
+        return contextlib.nullcontext(), self._recomputation(forward_id)
+
+    @contextlib.contextmanager
+    def _recomputation(self, forward_id: int | None):
+        outer, self._recomputing = self._recomputing, forward_id
+        try:
+            yield
+        finally:
+            self._recomputing = outer
+
     def state(self, adapter_name: str) -> dict:
+        if self._recomputing is not None:
+            kept = self._kept.get(self._recomputing, {})
+            if adapter_name not in kept:
+                raise RuntimeError(
+                    f"adapter {adapter_name!r}: gradient checkpointing recomputes a layer of "
+                    f"forward {self._recomputing}, whose conditioning state is gone (only the "
+                    f"last {self.KEEP} forwards' are kept); run each backward within "
+                    f"{self.KEEP} forwards of its own"
+                )
+            return kept[adapter_name]
         if adapter_name in self._cache:
             return self._cache[adapter_name]
-        if not self.forward and adapter_name in self._kept:  # checkpoint recomputation
-            return self._kept[adapter_name]
         cond = self.current()
         if cond is None:
             raise RuntimeError(
                 f"adapter {adapter_name!r}: no conditioning bound; pass conditioning=... to the "
                 "model's forward, or wrap the call in `with bind_conditioning(model, cond):`"
+                + (
+                    ""
+                    if self.forward
+                    else " (a layer recomputed by gradient checkpointing needs the model's "
+                    "checkpointing enabled by lorarec.adapters.enable_gradient_checkpointing)"
+                )
             )
         out = self._derive(adapter_name, cond, self.forward)
         if self.forward:
@@ -189,3 +238,27 @@ def bind_conditioning(model, cond: Conditioning | None):
     """Bind ``cond`` to every forward (and ``generate``) of ``model`` inside the block."""
     with find_context(model).bind(cond):
         yield
+
+
+def gradient_checkpointing_kwargs(model) -> dict:
+    """Keyword arguments of non-reentrant gradient checkpointing for ``model``: with a lorarec
+    adapter, its conditioning context's ``context_fn``, so that recomputed layers read the
+    state of the forward they belong to."""
+    kwargs: dict = {"use_reentrant": False}
+    contexts = [
+        m.__dict__["conditioning_context"]
+        for m in model.modules()
+        if "conditioning_context" in m.__dict__
+    ]
+    if contexts:  # none for PEFT's own LoRA, which takes no conditioning
+        kwargs["context_fn"] = contexts[0].checkpoint_context
+    return kwargs
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Gradient checkpointing of every decoder layer of the PEFT ``model``'s backbone,
+    non-reentrant (it runs under ZeRO-3's gather hooks and needs no input that requires grad),
+    with the adapters' conditioning passed to each recomputation."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.activation_checkpointing_enable(gradient_checkpointing_kwargs(model))
+    base.config.use_cache = False

@@ -377,6 +377,10 @@ class SlurmConfig:
     """More ``#SBATCH`` options, one per item (``--constraint=h100``, ``--qos=high``)."""
 
 
+DEFAULT_MASTER_PORT = 29500
+"""Rank 0's rendezvous port on several nodes when ``launch.master_port`` is 0."""
+
+
 @dataclass
 class LaunchConfig:
     nodes: int = num(1, ge=1)

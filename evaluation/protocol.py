@@ -47,7 +47,7 @@ import torch
 
 from lorarec.classic.sasrec import candidate_scores, ensure_sasrec
 from lorarec.core.config import RunConfig
-from lorarec.core.errors import ConfigError, DataError
+from lorarec.core.errors import DataError
 from lorarec.data.prepared import PreparedData
 from lorarec.evaluation import metrics as M
 from lorarec.evaluation.report import add_baseline_comparisons
@@ -86,16 +86,35 @@ def evaluate_llm(
     progress: bool = True,
     conditioning=None,
 ) -> dict[str, Any]:
-    """``conditioning``: the adapter's ConditioningBuilder (None: plain LoRA or zero-shot)."""
+    """The LLM's entries of ``results.json`` on ``samples``, scored in this process.
+    ``conditioning``: the adapter's ConditioningBuilder (None: plain LoRA or zero-shot)."""
+    raw = score_llm(model, tokenizer, data, samples, cfg, conditioning, progress)
+    return llm_entries(raw, data, samples, cfg, label)
+
+
+def score_llm(
+    model,
+    tokenizer,
+    data: PreparedData,
+    samples: list[dict],
+    cfg: RunConfig,
+    conditioning=None,
+    progress: bool = True,
+    synced: bool = False,
+) -> dict[str, list]:
+    """The LLM's raw per-sample results on ``samples``, in their order: ``score`` (``ctr``:
+    P(Yes)), ``likelihood`` (``next_item``: each candidate's mean answer-token
+    log-probability) and ``answer`` (``next_item`` generation: the greedy answer's text), as
+    ``cfg.eval.llm_methods`` asks. ``synced``: ZeRO-3 ranks that must run the same forwards
+    (each rank scores as many samples; generation runs until every rank is done)."""
     from tqdm import tqdm
 
     from lorarec.trainer.batching import ExampleBuilder
 
-    titles = data.titles
     kinds = conditioning.kinds if conditioning is not None else frozenset()
     builder = ExampleBuilder(
         tokenizer,
-        titles,
+        data.titles,
         data.task,
         cfg.data.history_short,
         1 << 30,
@@ -117,12 +136,38 @@ def evaluate_llm(
                 left_pad=left_pad,
             )
 
-    out: dict[str, Any] = {}
-    keys = [s["key"] for s in samples]
     if data.task.startswith("ctr"):
         answers = ctr_answers(builder)
         check_ctr_answers(answers)
         probs = yes_probabilities(model, tokenizer, prompts, condition=condition, answers=answers)
+        return {"score": probs.tolist()}
+    raw: dict[str, list] = {}
+    if "likelihood" in cfg.eval.llm_methods:
+        scores = []
+        for row, (s, p) in enumerate(
+            tqdm(list(zip(samples, prompts)), desc="likelihood", disable=not progress)
+        ):
+            cond = condition([row], len(p), False) if condition else None
+            scores.append(
+                candidate_log_likelihoods(model, p, candidate_answers(builder, s), cond).tolist()
+            )
+        raw["likelihood"] = scores
+    if "generation" in cfg.eval.llm_methods:
+        raw["answer"] = greedy_answers(
+            model, tokenizer, prompts, cfg.eval.max_new_tokens, condition=condition, synced=synced
+        )
+    return raw
+
+
+def llm_entries(
+    raw: dict[str, list], data: PreparedData, samples: list[dict], cfg: RunConfig, label: str
+) -> dict[str, Any]:
+    """The LLM's entries of ``results.json`` from its raw per-sample results (:func:`score_llm`)
+    on ``samples``: metrics with bootstrap intervals and the per-sample columns."""
+    out: dict[str, Any] = {}
+    keys = [s["key"] for s in samples]
+    if data.task.startswith("ctr"):
+        probs = np.asarray(raw["score"], dtype=np.float64)
         users = np.array([s["user"] for s in samples])
         labels = np.array([s["label"] for s in samples])
         out[f"{label}"] = {
@@ -134,24 +179,18 @@ def evaluate_llm(
         }
         return out
     target_index = np.array([s["candidates"].index(s["target"]) for s in samples])
-    if "likelihood" in cfg.eval.llm_methods:
-        scores = []
-        for row, (s, p) in enumerate(
-            tqdm(list(zip(samples, prompts)), desc=f"{label} likelihood", disable=not progress)
-        ):
-            cond = condition([row], len(p), False) if condition else None
-            scores.append(candidate_log_likelihoods(model, p, candidate_answers(builder, s), cond))
+    if "likelihood" in raw:
         name = f"{label} (likelihood)"
-        ranks = M.target_ranks(np.stack(scores), target_index, keys=keys, method=name)
+        scores = np.asarray(raw["likelihood"], dtype=np.float64).reshape(len(samples), -1)
+        ranks = M.target_ranks(scores, target_index, keys=keys, method=name)
         out[name] = {
             "n": len(samples),
             "metrics": M.ranking_report(ranks, cfg.eval.bootstrap, cfg.eval.seed),
             "per_sample": {"key": keys, "rank": ranks.tolist()},
         }
-    if "generation" in cfg.eval.llm_methods:
-        answers = greedy_answers(
-            model, tokenizer, prompts, cfg.eval.max_new_tokens, condition=condition
-        )
+    if "answer" in raw:
+        answers = raw["answer"]
+        titles = data.titles
         picked = [
             parse_answer(a, [titles[c] for c in s["candidates"]]) for a, s in zip(answers, samples)
         ]
@@ -295,15 +334,34 @@ def evaluate_baselines(
     return out
 
 
+def llm_label(cfg: RunConfig, adapter: str | None) -> str:
+    """The LLM's name in ``results.json``: backbone, adapter type and adapter directory."""
+    label = f"llm {cfg.model.backbone}"
+    if adapter is None:
+        return label + " zero-shot"
+    from lorarec.trainer.conditioning import adapter_label
+
+    return label + f" + {adapter_label(cfg)} ({Path(adapter).name})"
+
+
 def run_evaluation(
-    cfg: RunConfig, *, llm: bool = False, adapter: str | None = None, progress: bool = True
+    cfg: RunConfig,
+    *,
+    llm: bool = False,
+    adapter: str | None = None,
+    progress: bool = True,
+    from_ranks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the configured baselines (and the LLM, if asked) on ``cfg.eval.split``."""
+    """Evaluate the configured baselines on ``cfg.eval.split``, and the LLM: in this process
+    (``llm``; with the adapter at ``adapter``), or as the ranks evaluated it (``from_ranks``:
+    what :func:`lorarec.evaluation.sharded.evaluate_in_ranks` wrote, ``{"backbone",
+    "methods"}``), on the same seeded subset of samples."""
     data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
     samples = data.samples(cfg.eval.split)
     if not samples:
         raise DataError(f"{data.task_dir}: the {cfg.eval.split} split is empty")
-    subset = llm_subset(len(samples), cfg.eval.llm_limit, cfg.eval.seed) if llm else None
+    with_llm = llm or from_ranks is not None
+    subset = llm_subset(len(samples), cfg.eval.llm_limit, cfg.eval.seed) if with_llm else None
     results: dict[str, Any] = {
         "task": data.task,
         "split": cfg.eval.split,
@@ -314,20 +372,25 @@ def run_evaluation(
     }
     results["methods"].update(evaluate_baselines(data, cfg, samples, subset, progress))
     baselines = set(results["methods"])
-    if llm:
+    if from_ranks is not None:
+        expected = sorted(samples[i]["key"] for i in subset)
+        for name, entry in from_ranks["methods"].items():
+            if sorted(entry["per_sample"]["key"]) != expected:
+                raise DataError(
+                    f"the ranks evaluated {name!r} on other samples than eval.split="
+                    f"{cfg.eval.split} with eval.llm_limit={cfg.eval.llm_limit} and "
+                    f"eval.seed={cfg.eval.seed} select"
+                )
+        results["backbone"] = from_ranks["backbone"]
+        results["methods"].update(from_ranks["methods"])
+    elif llm:
         from lorarec.trainer.backbone import describe_backbone, load_backbone
 
         model, tokenizer = load_backbone(cfg.model)
         results["backbone"] = describe_backbone(cfg.model)
-        label = f"llm {cfg.model.backbone}"
         conditioning = None
         if adapter:
-            from lorarec.trainer.conditioning import adapter_label
-
             model, conditioning = load_adapter(model, adapter, cfg, data)
-            label += f" + {adapter_label(cfg)} ({Path(adapter).name})"
-        else:
-            label += " zero-shot"
         results["methods"].update(
             evaluate_llm(
                 model,
@@ -335,7 +398,7 @@ def run_evaluation(
                 data,
                 [samples[i] for i in subset],
                 cfg,
-                label,
+                llm_label(cfg, adapter),
                 progress,
                 conditioning=conditioning,
             )
@@ -352,26 +415,12 @@ def run_evaluation(
 def load_adapter(model, adapter: str, cfg: RunConfig, data: PreparedData):
     """The backbone with the trained adapter at ``adapter``, and its ConditioningBuilder
     (built from ``cfg``, whose ``train.adapter`` must name the adapter's type)."""
-    import json
-
     import lorarec.adapters  # noqa: F401  (registers the lorarec PEFT methods)
     from lorarec.classic.inputs import load_sasrec
-    from lorarec.trainer.conditioning import (
-        SEQUENCE_ADAPTERS,
-        ConditioningBuilder,
-        adapter_label,
-        collab_tokens,
-    )
+    from lorarec.trainer.adapter import check_adapter_dir
+    from lorarec.trainer.conditioning import SEQUENCE_ADAPTERS, ConditioningBuilder, collab_tokens
 
-    config_file = Path(adapter) / "adapter_config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    kind = str(json.loads(config_file.read_text()).get("peft_type", "")).lower()
-    label = "lora+collab" if kind == "collab" else kind  # collab: lora + collab_tokens
-    if label != adapter_label(cfg):
-        raise ConfigError(
-            f"{config_file}: the adapter is {label!r} but train.adapter is {adapter_label(cfg)!r}"
-        )
+    kind = check_adapter_dir(adapter, cfg)
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, adapter)

@@ -119,7 +119,11 @@ def greedy_answers(
     max_new_tokens: int,
     batch_size: int = 8,
     condition: Condition | None = None,
+    synced: bool = False,
 ) -> list[str]:
+    """Greedy answers to ``prompts``, ``batch_size`` left-padded prompts at a time.
+    ``synced``: ZeRO-3 ranks decode in step (a rank whose answers are done keeps running
+    forwards until every rank's are), as each forward gathers the layers from all ranks."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers = []
@@ -135,6 +139,7 @@ def greedy_answers(
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
+                **({"synced_gpus": True} if synced else {}),
             )
         answers += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     return answers

@@ -33,6 +33,20 @@ trainable adapter parameters, ``L`` the most parameters one module holds itself)
 * logits and loss: ``14 T V`` (bf16 logits, their fp32 copy, the saved log-softmax and its
   gradient).
 
+Evaluation runs in the same ranks after training, under the same engine (every partitioned
+state above stays allocated), with no gradients and nothing kept for a backward pass; per GPU
+it adds, for the largest of its three scorings (``E`` prompts of ``seq_len`` tokens a batch,
+``E`` = 8; ``K`` candidates of up to ``a`` answer tokens, 20 and 24; ``n`` new tokens, 48):
+
+* the KV cache, ``4 h_kv`` bytes per token and layer (bf16 K and V): the prompt's repeated for
+  the ``K`` candidates (likelihood), or ``E`` prompts with ``n`` generated tokens (generation);
+* one layer's working memory ``16 h + 4 h_kv + 6 i`` per token for the largest forward
+  (``E`` prompts, or the ``K x a`` candidate tokens);
+* logits ``10 V`` per scored position (bf16, the fp32 copy, the log-softmax) of the ``K x a``
+  candidate tokens.
+
+The plan fits when the larger of the training and the evaluation peaks does.
+
 Model states for full fine-tuning (every parameter trainable) reduce to DeepSpeed's own
 ``estimate_zero3_model_states_mem_needs``: ``18 P / W + 4 L`` per GPU, ``2 P / W + 4 L`` with the
 optimizer offloaded (host: ``16 P`` per node), ``4 L`` with parameters offloaded (host: ``18 P``
@@ -113,6 +127,12 @@ class Workload:
     full: bool = False
     """Every backbone parameter trainable (full fine-tuning; for comparison only)."""
     lora_dropout: float = 0.05
+    evaluate: bool = True
+    """The ranks evaluate the LLM after training (``train.evaluate``)."""
+    eval_batch: int = 8
+    eval_candidates: int = 20
+    eval_answer_tokens: int = 24
+    eval_new_tokens: int = 48
 
 
 @dataclass
@@ -129,14 +149,27 @@ class Plan:
     activations_other: float
     """Activation bytes per GPU with the other gradient-checkpointing choice."""
     ds_config: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, float] = field(default_factory=dict)
+    """Bytes per GPU that evaluation adds to the partitioned states, by item (empty: the run
+    does not evaluate in the ranks)."""
 
     @property
     def gpu_total(self) -> float:
+        """The training peak per GPU."""
         return sum(self.gpu.values())
 
     @property
+    def eval_total(self) -> float:
+        """The evaluation peak per GPU: what stays of training (all but its activations and
+        logits) and evaluation's own memory."""
+        if not self.eval:
+            return 0.0
+        kept = self.gpu_total - self.gpu["activations"] - self.gpu["logits + loss"]
+        return kept + sum(self.eval.values())
+
+    @property
     def gpu_needed(self) -> float:
-        return self.gpu_total + self.cluster.reserve_gib * GiB
+        return max(self.gpu_total, self.eval_total) + self.cluster.reserve_gib * GiB
 
     @property
     def fits_gpu(self) -> bool:
@@ -172,6 +205,8 @@ class Plan:
             "host_bytes_per_node": self.host,
             "nvme_bytes_per_node": self.disk,
             "activation_bytes_other_checkpointing": self.activations_other,
+            "eval_gpu_bytes": self.eval,
+            "eval_total_bytes": self.eval_total,
             "fits": self.fits,
             "ds_config": self.ds_config,
         }
@@ -367,6 +402,23 @@ def activation_bytes(c: Counts, work: Workload, checkpointing: bool) -> float:
     return kept + layer + tokens * 2 * h  # + the backward's working layer + embeddings
 
 
+def evaluation_bytes(c: Counts, work: Workload) -> dict[str, float]:
+    """What evaluation adds per GPU (see the module docstring)."""
+    h, kv, i, L = c.hidden, c.kv_hidden, c.intermediate, c.layers
+    prompts = work.eval_batch * work.seq_len
+    answers = work.eval_candidates * work.eval_answer_tokens
+    cache_tokens = max(
+        work.eval_candidates * (work.seq_len + work.eval_answer_tokens),  # likelihood
+        work.eval_batch * (work.seq_len + work.eval_new_tokens),  # generation
+        2 * work.eval_batch * (work.seq_len + work.eval_answer_tokens),  # CTR's two answers
+    )
+    return {
+        "kv cache": 4 * kv * L * cache_tokens,
+        "working layer": (16 * h + 4 * kv + 6 * i) * max(prompts, answers),
+        "logits": 10 * c.vocab * answers,
+    }
+
+
 def plan(counts: Counts, cluster: Cluster, work: Workload) -> Plan:
     ds = ds_config_for(work)
     z = ds["zero_optimization"]
@@ -421,6 +473,7 @@ def plan(counts: Counts, cluster: Cluster, work: Workload) -> Plan:
         disk=disk,
         activations_other=activation_bytes(counts, work, not work.grad_checkpointing),
         ds_config=ds,
+        eval=evaluation_bytes(counts, work) if work.evaluate else {},
     )
 
 
@@ -504,6 +557,14 @@ def render(p: Plan, seconds: float | None = None) -> str:
             else f"{_gib(-free)} GiB short per {each}"
         )
     )
+    if p.eval:
+        lines.append(f"  {'evaluation (after training, same ranks)':<{width}}")
+        for key, value in p.eval.items():
+            lines.append(f"  {'  ' + key:<{width}}{_gib(value):>10}{_gib(n * value):>11}")
+        lines.append(
+            f"  {'  total (training states kept)':<{width}}{_gib(p.eval_total):>10}"
+            f"{_gib(n * p.eval_total):>11}"
+        )
     other = "without" if w.grad_checkpointing else "with"
     alt = p.gpu_total - p.gpu["activations"] + p.activations_other
     lines.append(
@@ -614,6 +675,9 @@ def main(args) -> int:
         grad_checkpointing=args.grad_checkpointing or t.gradient_checkpointing,
         offload=args.offload,
         lora_dropout=t.lora.dropout,
+        evaluate=t.evaluate,
+        eval_candidates=cfg.data.num_candidates,
+        eval_new_tokens=cfg.eval.max_new_tokens,
     )
     p = plan(counts, cluster, work)
     chosen = p if p.fits else recommend(counts, cluster, work)

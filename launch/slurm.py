@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorarec.core.config import RunConfig, write_config
+from lorarec.core.config import DEFAULT_MASTER_PORT, RunConfig, write_config
 from lorarec.core.errors import LorarecError, UsageError
 from lorarec.core.io import atomic_path, write_text_atomic
-from lorarec.launch.train import DEFAULT_MASTER_PORT
 
 if TYPE_CHECKING:
     from lorarec.data.prepared import PreparedData

@@ -1,4 +1,9 @@
-"""``lorarec train``: build the deepspeed launcher command of a run and execute it.
+"""``lorarec train``: the job, phase by phase, and the deepspeed launcher command it runs.
+
+:func:`train_command` is the job: :func:`validate` (config, data, backbone, checkpoints),
+:func:`prepare_inputs` (what the adapter reads), :func:`launch_ranks` (graph service, metrics
+discovery, the launcher, stopping), :func:`evaluate_run` (the baselines next to the ranks' LLM
+evaluation) and :func:`summarise` (the job summary).
 
 On one machine (the embedded default) the launcher starts ``launch.ranks_per_node`` local
 ranks. With ``--hostfile`` it passes a DeepSpeed hostfile (``--include``/``--exclude``,
@@ -18,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorarec.core.config import RunConfig, write_config
+from lorarec.core.config import DEFAULT_MASTER_PORT, RunConfig, write_config
 from lorarec.core.errors import LorarecError, UsageError
 from lorarec.core.io import write_text_atomic
 
@@ -35,6 +40,8 @@ class LaunchOptions:
     master_addr: str | None = None
     master_port: int | None = None
     num_nodes: int | None = None
+    evaluate: bool = False  # the ranks only evaluate (`lorarec eval --llm`)
+    adapter: str | None = None  # with evaluate: the adapter they evaluate (None: zero-shot)
 
 
 def _ds_runner():
@@ -148,9 +155,6 @@ def rank_environment(cfg: RunConfig) -> dict[str, str]:
     return env
 
 
-DEFAULT_MASTER_PORT = 29500
-
-
 def master_port(cfg: RunConfig, opts: LaunchOptions) -> int:
     """``--master-port``, else ``launch.master_port``; unset (0): a free port on one machine,
     29500 across nodes. On one machine a port that is taken is refused before any rank starts
@@ -204,6 +208,10 @@ def launcher_command(cfg: RunConfig, config_path: Path, opts: LaunchOptions) -> 
     cmd += ["--module", "lorarec.trainer", "--config", str(config_path)]
     if opts.resume:
         cmd.append("--resume")
+    if opts.evaluate:
+        cmd.append("--evaluate")
+        if opts.adapter:
+            cmd += ["--adapter", str(Path(opts.adapter).resolve())]
     return cmd
 
 
@@ -434,3 +442,295 @@ def graph_service_for_run(cfg: RunConfig, data, ray_address: str | None, multi_n
         address = ray_address
     env = {**env, service.RAY_ADDRESS_ENV: address, service.NAMESPACE_ENV: svc.namespace}
     return env, svc
+
+
+# --------------------------------------------------------- `lorarec train`, phase by phase
+
+
+@dataclass
+class Launched:
+    """What :func:`launch_ranks` leaves for the phases after it."""
+
+    run_dir: Path
+    rc: int
+    seconds: float
+    graph: dict | None = None
+    stopped: Stopped | None = None
+    main_node: bool = True
+
+
+def launch_options(args) -> LaunchOptions:
+    return LaunchOptions(
+        resume=getattr(args, "resume", False),
+        hostfile=args.hostfile,
+        include=args.include,
+        exclude=args.exclude,
+        launcher=args.launcher,
+        no_ssh=args.no_ssh,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
+        num_nodes=args.num_nodes,
+    )
+
+
+def run_config(args) -> RunConfig:
+    """The run's config: the file, the ``key=value`` overrides and ``--out``."""
+    from lorarec.core.config import load_config
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    return load_config(args.config, overrides)
+
+
+def check_slurm_flags(args) -> None:
+    placement = {
+        "--hostfile": args.hostfile,
+        "--include": args.include,
+        "--exclude": args.exclude,
+        "--launcher": args.launcher,
+        "--num-nodes": args.num_nodes,
+        "--no-ssh": args.no_ssh,
+        "--node-rank": args.node_rank is not None,
+        "--master-addr": args.master_addr,
+        "--ray-address": args.ray_address,
+        "--dry-run": args.dry_run,
+    }
+    given = [flag for flag, value in placement.items() if value]
+    if given:
+        raise UsageError(
+            f"--emit-slurm writes a script that makes its own hostfile, Ray cluster and one "
+            f"launcher per node: leave out {', '.join(given)}"
+        )
+
+
+def open_data(cfg: RunConfig):
+    """The run's prepared data; prepared first (one line saying so) when ``data.dir`` holds no
+    prepared directory and ``data.source`` can be prepared."""
+    from lorarec.launch.inputs import ensure_prepared
+
+    return ensure_prepared(cfg)
+
+
+def validate(cfg: RunConfig, args) -> tuple:
+    """Everything the ranks will need, checked before any starts: the data, the backbone,
+    the DeepSpeed config, and a resumed run's checkpoint (its files unchanged since the save,
+    its global batch). Returns ``(data, backbone source)``."""
+    from lorarec.trainer.backbone import resolve_backbone
+    from lorarec.trainer.distributed import DeepSpeedStrategy, build_ds_config
+
+    resume = getattr(args, "resume", False)
+    ckpt = cfg.run_dir / "checkpoints"
+    if resume and not (cfg.run_dir / "config.yaml").is_file():
+        raise UsageError(f"--resume: {cfg.run_dir} holds no run to resume (no config.yaml)")
+    if resume and not (ckpt / "latest").is_file():
+        print(
+            f"lorarec: warning: --resume: {cfg.run_dir} holds no checkpoint yet (the run stopped "
+            "before its first save); training from step 0",
+            file=sys.stderr,
+        )
+    data = open_data(cfg)
+    source = resolve_backbone(cfg.model)  # also materialises tiny-random
+    build_ds_config(cfg, 1)
+    if not resume and (ckpt / "latest").is_file():
+        raise UsageError(
+            f"{cfg.run_dir} holds checkpoints of an earlier run; continue it with --resume or "
+            "choose another --out"
+        )
+    if resume and not args.hostfile:
+        tag = DeepSpeedStrategy.latest_checkpoint(ckpt)
+        if tag is not None:
+            from lorarec.trainer.checkpoint_manifest import verify_checkpoint
+            from lorarec.trainer.recipe import check_resume_shape
+
+            # before any rank unpickles it: the user's own files, unchanged since the save
+            verify_checkpoint(ckpt, tag, complete=True)
+            # another number of ranks is fine (a universal checkpoint), another global batch not
+            ranks = cfg.launch.ranks_per_node * (cfg.launch.nodes if args.emit_slurm else 1)
+            t = cfg.train
+            check_resume_shape(
+                DeepSpeedStrategy.checkpoint_state(ckpt, tag),
+                ckpt / tag,
+                ranks,
+                t.micro_batch_size,
+                t.gradient_accumulation_steps,
+            )
+    return data, source
+
+
+def emit_slurm_script(cfg: RunConfig, data, args) -> int:
+    from lorarec.launch.slurm import emit_slurm
+
+    emit_slurm(cfg, args.emit_slurm, data, args.overrides, master_port=args.master_port)
+    unit = "CPU ranks" if cfg.launch.accelerator == "cpu" else "GPUs"
+    print(
+        f"wrote {args.emit_slurm}: sbatch {args.emit_slurm} "
+        f"({cfg.launch.nodes} nodes x {cfg.launch.ranks_per_node} {unit})"
+    )
+    return 0
+
+
+def prepare_inputs(cfg: RunConfig, data, source) -> None:
+    """What the ranks load and must not race to create: a hub backbone reachable, and the
+    adapter's inputs (SASRec, collaborative embeddings, text features) trained and cached."""
+    from lorarec.classic.inputs import prepare_adapter_inputs
+    from lorarec.trainer.backbone import load_tokenizer
+
+    if isinstance(source, str):
+        # weights from a hub (a preset without model.weights, or a hub name): reachable, before
+        # any rank starts; one error line otherwise
+        load_tokenizer(cfg.model)
+    prepare_adapter_inputs(cfg, data)
+
+
+def launch_ranks(
+    cfg: RunConfig, data, opts: LaunchOptions, ray_address: str | None, again: str
+) -> Launched:
+    """Start the graph service and metrics discovery, run the launcher until the ranks end,
+    and stop what was started, whatever the outcome. A stop signal ends every rank and raises
+    :class:`Stopped` naming ``again``, the command that continues the job."""
+    from lorarec.launch import monitor as M
+
+    service_env, service = graph_service_for_run(cfg, data, ray_address, bool(opts.hostfile))
+    if service is not None:
+        print(
+            f"graph service {service.namespace}: {cfg.graph_service.shards} shards on Ray "
+            f"{service_env['LORAREC_RAY_ADDRESS']}",
+            flush=True,
+        )
+    run_dir, config_path, env = prepare_run_dir(cfg, service_env)
+    (run_dir / "llm_results.json").unlink(missing_ok=True)  # an earlier launch's
+    cmd = launcher_command(cfg, config_path, opts)
+    print(format_command(cmd, env), flush=True)
+    main_node = opts.node_rank in (None, 0)
+    if opts.hostfile and cfg.monitoring.enabled and cfg.monitoring.host.startswith("127."):
+        print(
+            f"lorarec: warning: monitoring.host={cfg.monitoring.host}: a Prometheus on one node "
+            "cannot scrape the other nodes' ranks; set monitoring.host=0.0.0.0 to serve them",
+            file=sys.stderr,
+        )
+    targets = M.run_targets(cfg, run_dir, service) if main_node else None
+    if targets is not None:
+        print(
+            f"metrics: endpoints listed in {run_dir / 'prometheus_targets.json'} while they are "
+            f"up; watch them with `lorarec monitor {run_dir}`",
+            flush=True,
+        )
+    import time
+
+    start = time.perf_counter()
+    out = Launched(run_dir, 0, 0.0, main_node=main_node)
+    try:
+        out.rc = run_launcher(cmd, env, run_dir)
+    except Stopped as exc:  # every rank has been stopped; end the rest, then say so
+        out.stopped, out.rc = exc, exc.exit_code
+    finally:
+        if targets is not None:
+            targets.stop()
+        if service is not None:
+            import ray
+
+            if main_node:
+                try:
+                    out.graph = M.graph_service_summary(service)
+                except Exception as exc:  # the run's own outcome matters more; say so
+                    print(f"lorarec: warning: no graph service summary: {exc}", file=sys.stderr)
+            ray.shutdown()  # the embedded service and local Ray end with the ranks
+    out.seconds = time.perf_counter() - start
+    if out.stopped is not None:
+        if main_node:
+            M.write_job_summary(cfg, run_dir, out.rc, out.seconds, out.graph, None)
+        raise Stopped(
+            out.stopped.signum,
+            f"{out.stopped}: the ranks, the graph service and the metrics endpoints were "
+            f"stopped; continue it with: {again}",
+        )
+    return out
+
+
+def evaluate_run(cfg: RunConfig, run: Launched) -> dict | None:
+    """With ``train.evaluate``, on the main node: the baselines, here, on the samples the ranks
+    evaluated the LLM on (``llm_results.json``), joined into ``results.json``."""
+    if run.rc != 0 or not cfg.train.evaluate or not run.main_node:
+        return None
+    import json
+
+    from lorarec.core.io import write_json_atomic
+    from lorarec.evaluation.protocol import run_evaluation
+    from lorarec.evaluation.report import results_table
+
+    ranks = json.loads((run.run_dir / "llm_results.json").read_text())
+    results = run_evaluation(cfg, from_ranks=ranks, progress=True)
+    table = results_table(results)
+    write_json_atomic(run.run_dir / "results.json", results)
+    write_text_atomic(run.run_dir / "results.md", table + "\n")
+    print(table)
+    return results
+
+
+def summarise(cfg: RunConfig, run: Launched, results: dict | None, args) -> int:
+    """The job summary (main node), and the outcome in one line."""
+    from lorarec.launch import monitor as M
+
+    if run.rc != 0:
+        why = failed_ranks(run.run_dir, run.rc)
+        print(  # on a line of its own after the ranks' progress bars
+            f"\nlorarec: error: training failed (launcher exit code {run.rc}"
+            + (f": {why}" if why else "")
+            + f"); continue it with: {resume_command(args, run.run_dir)}",
+            file=sys.stderr,
+        )
+    if run.main_node:
+        M.write_job_summary(cfg, run.run_dir, run.rc, run.seconds, run.graph, results)
+        print(f"job summary: {run.run_dir / 'job_summary.json'}")
+    if run.rc != 0:
+        return run.rc
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def resume_command(args, run_dir: Path) -> str:
+    """The command line that continues this run from its newest checkpoint."""
+    argv = list(getattr(args, "argv", None) or [])
+    keep: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--dry-run"):
+            continue
+        if a == "--out":  # replaced by the resolved run directory below
+            skip = True
+            continue
+        if a.startswith("--out="):
+            continue
+        keep.append(a)
+    return shlex.join(["lorarec", *keep, "--out", str(run_dir), "--resume"])
+
+
+def train_command(args) -> int:
+    """``lorarec train``: validate, prepare inputs, launch the ranks (which train, export and,
+    with ``train.evaluate``, evaluate the LLM where it lives), evaluate the baselines, sum up."""
+    if args.emit_slurm:
+        check_slurm_flags(args)
+    cfg = run_config(args)
+    data, source = validate(cfg, args)
+    if args.emit_slurm:
+        return emit_slurm_script(cfg, data, args)
+    opts = launch_options(args)
+    if args.dry_run:
+        env = rank_environment(cfg)
+        print(
+            format_command(launcher_command(cfg, cfg.run_dir.resolve() / "config.yaml", opts), env)
+        )
+        return 0
+    prepare_inputs(cfg, data, source)
+    run = launch_ranks(
+        cfg, data, opts, args.ray_address, resume_command(args, cfg.run_dir.resolve())
+    )
+    if run.rc == 0:
+        print(f"trained in {run.seconds:.0f} s; adapter: {run.run_dir / 'adapter'}")
+    results = evaluate_run(cfg, run)
+    return summarise(cfg, run, results, args)

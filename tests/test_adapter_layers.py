@@ -187,38 +187,79 @@ def test_a_sample_does_not_depend_on_the_rest_of_its_batch(backbone, ids, name, 
         )
 
 
-@pytest.mark.parametrize(
-    "name,kw",
-    [
-        ("graphlora", {}),
-        ("reclora", {"mixing": "weights"}),
-        ("ilora", {"hybrid_prompt": True}),
-        ("graphmoe", {}),
-    ],
-)
-def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(backbone, ids, name, kw):
-    """``train.gradient_checkpointing``: the recomputed layers read the forward's conditioning
-    state, so every gradient equals the one without checkpointing."""
-    cond = make_conditioning()
-    grads, calls = [], []
-    for ckpt in (False, True):
-        bb = copy.deepcopy(backbone)
-        if ckpt:
-            bb.activation_checkpointing_enable({"use_reentrant": False})
-        model = adapt(bb, config(name, init_weights=False, **kw)).train()
-        count = [0]
-        layer = model.base_model.model.model.layers[0].mlp
-        # a pre-hook: the recomputation stops once it has what the backward needs, before the
-        # module returns, so a forward hook would not see it
-        layer.register_forward_pre_hook(lambda *a, count=count: count.__setitem__(0, count[0] + 1))
-        model(input_ids=ids, labels=ids, conditioning=cond).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-        calls.append(count[0])
-    assert calls == [1, 2]  # the checkpointed layer ran again in the backward pass
-    assert grads[0].keys() == grads[1].keys()
-    for n, g in grads[0].items():
+CHECKPOINTED = [
+    ("graphlora", {}),
+    ("reclora", {"mixing": "weights"}),
+    ("ilora", {"hybrid_prompt": True}),
+    ("graphmoe", {}),
+    ("collab", {"node_dim": C}),
+]
+
+
+def checkpointed_grads(backbone, ids, name, kw, ckpt: bool, interleaved: bool):
+    """The adapter's gradients of two micro-batches (different inputs and conditioning)
+    accumulated; ``interleaved``: both forwards run before either backward."""
+    from lorarec.adapters import enable_gradient_checkpointing
+
+    model = adapt(backbone, config(name, init_weights=False, **kw)).train()
+    if ckpt:
+        enable_gradient_checkpointing(model)
+    count = [0]
+    layer = model.base_model.model.model.layers[0].mlp
+    # a pre-hook: the recomputation stops once it has what the backward needs, before the
+    # module returns, so a forward hook would not see it
+    layer.register_forward_pre_hook(lambda *a, count=count: count.__setitem__(0, count[0] + 1))
+    batches = [(ids, make_conditioning(2)), (ids.flip(0), make_conditioning(5))]
+    if interleaved:
+        losses = [model(input_ids=x, labels=x, conditioning=c).loss for x, c in batches]
+        for loss in reversed(losses):  # the first forward's backward runs last
+            loss.backward()
+    else:
+        for x, c in batches:
+            model(input_ids=x, labels=x, conditioning=c).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return grads, count[0]
+
+
+@pytest.mark.parametrize("name,kw", CHECKPOINTED)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["in-turn", "interleaved"])
+def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(
+    backbone, ids, name, kw, interleaved
+):
+    """``train.gradient_checkpointing``: each recomputed layer reads the conditioning state of
+    the forward it belongs to, also when another forward ran since (micro-batches whose
+    forwards run before their backwards), so every gradient equals the one without."""
+    plain, plain_calls = checkpointed_grads(backbone, ids, name, kw, False, interleaved)
+    ckpt, ckpt_calls = checkpointed_grads(backbone, ids, name, kw, True, interleaved)
+    assert (plain_calls, ckpt_calls) == (2, 4)  # the checkpointed layer ran again in backward
+    assert plain.keys() == ckpt.keys()
+    for n, g in plain.items():
         assert g is not None and g.abs().sum() > 0, n
-        torch.testing.assert_close(grads[1][n], g, **TOL)
+        torch.testing.assert_close(ckpt[n], g, **TOL)
+
+
+def test_a_recomputation_whose_forward_state_is_gone_is_an_error(backbone, ids):
+    from lorarec.adapters import enable_gradient_checkpointing
+    from lorarec.adapters.conditioning import find_context
+
+    model = adapt(backbone, config("graphlora", init_weights=False)).train()
+    enable_gradient_checkpointing(model)
+    ctx = find_context(model)
+    first = model(input_ids=ids, labels=ids, conditioning=make_conditioning()).loss
+    for _ in range(ctx.KEEP):
+        model(input_ids=ids, labels=ids, conditioning=make_conditioning(3))
+    with pytest.raises(RuntimeError, match="whose conditioning state is gone"):
+        first.backward()
+
+
+def test_checkpointing_enabled_without_the_adapters_context_is_an_error(backbone, ids):
+    """Checkpointing switched on the plain way cannot tell a recomputed layer its forward:
+    an error, not the state of whichever forward ran last."""
+    model = adapt(backbone, config("graphlora", init_weights=False)).train()
+    model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+    loss = model(input_ids=ids, labels=ids, conditioning=make_conditioning()).loss
+    with pytest.raises(RuntimeError, match="enable_gradient_checkpointing"):
+        loss.backward()
 
 
 @pytest.mark.parametrize(

@@ -363,7 +363,7 @@ def test_resume_without_a_checkpoint_says_so(capsys, dry, tmp_path):
 def test_a_failed_run_names_the_exact_resume_command(tmp_path):
     import argparse
 
-    from lorarec.launch.cli import resume_command
+    from lorarec.launch.train import resume_command
 
     args = argparse.Namespace(
         argv=["train", "cfg.yaml", "train.lr=1e-4", "--out", "x", "--hostfile", "hf", "--dry-run"]

@@ -204,7 +204,9 @@ def test_sasrec_subset_without_max_samples_is_refused(tmp_path):
     from lorarec.evaluation.protocol import evaluate_baselines
 
     with pytest.raises(ConfigError, match="sasrec_subset needs train.max_samples"):
-        load_config(ROOT / "configs/tiny.yaml", ["eval.baselines=[sasrec_subset]"])
+        load_config(
+            ROOT / "configs/tiny.yaml", ["eval.baselines=[sasrec_subset]", "train.max_samples=null"]
+        )
     over = ["eval.baselines=[sasrec_subset]", "train.max_samples=10"]
     cfg = load_config(ROOT / "configs/tiny.yaml", over)
     cfg.train.max_samples = None

@@ -19,9 +19,11 @@ def test_wheel_installs_the_lorarec_namespace(tmp_path):
     # built from a copy of the tracked files: setuptools' build/ directory in a working tree
     # keeps modules that were moved or deleted since, and would hide a package left out
     src = tmp_path / "src"
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, tracked):
         if (ROOT / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -253,3 +253,34 @@ def test_training_a_preset_whose_hub_is_unreachable_is_one_error_line(
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "meta-llama/Meta-Llama-3-8B" in err[0] and "model.weights" in err[0]
     assert not (out / "checkpoints").exists()
+
+
+def test_the_plan_counts_the_evaluation_the_ranks_run_after_training(capsys):
+    """Evaluation runs in the training ranks with every partitioned state kept: its KV cache,
+    working layer and logits come on top of those, and the plan fits only if that peak does."""
+    counts = P.count(load_config(None), "llama-3-70b", 2625, 1682)
+    cluster = P.Cluster(2, 8, 80.0)
+    work = P.Workload("graphlora", 8, 1024, 1, True)
+    p = P.plan(counts, cluster, work)
+    assert set(p.eval) == {"kv cache", "working layer", "logits"}
+    # the likelihood's KV cache: the prompt and an answer for each of the 20 candidates, bf16 K
+    # and V of every layer
+    assert p.eval["kv cache"] == 4 * counts.kv_hidden * counts.layers * 20 * (1024 + 24)
+    kept = p.gpu_total - p.gpu["activations"] - p.gpu["logits + loss"]
+    assert p.eval_total == pytest.approx(kept + sum(p.eval.values()))
+    # longer prompts cost evaluation more; a run that does not evaluate has no such peak
+    long = P.plan(counts, cluster, P._with(work, seq_len=8192))
+    assert long.eval["kv cache"] > 7 * p.eval["kv cache"]
+    assert long.gpu_needed >= long.eval_total
+    off = P.plan(counts, cluster, P._with(work, seq_len=8192, evaluate=False))
+    assert off.eval == {} and off.gpu_needed == pytest.approx(off.gpu_total + 2 * P.GiB)
+    # with gradient checkpointing the training peak is small: evaluation's decides the fit
+    assert long.eval_total > long.gpu_total and long.gpu_needed > off.gpu_needed
+    rc, out, _ = run_cli(
+        ["plan", "--backbone", "llama-3-70b", "--nodes", "2", "--gpus-per-node", "8"]
+        + ["--gpu-mem", "80", "--adapter", "graphlora", "--grad-checkpointing", "--json"],
+        capsys,
+    )
+    assert rc == 0
+    planned = json.loads(out)
+    assert planned["eval_total_bytes"] > 0 and set(planned["eval_gpu_bytes"]) == set(p.eval)

@@ -56,6 +56,21 @@ def run_train(data_dir, run_dir, *overrides, extra=(), timeout=600, config=None)
     return proc
 
 
+def readme_run_directory() -> set[str]:
+    """The names the README's "A run directory" block lists (``results.json, .md`` is two)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("A run directory:") :].split("```")[1]
+    names = set()
+    for token in re.findall(r"(?:^|\s)([.\w-]+(?:\.\w+)?/?)(?:,|\s|$)", block, re.M):
+        if "." in token or token.endswith("/"):
+            names.add(token)
+    if "results.json" in names:
+        names.add("results.md")
+    return {n for n in names if n not in (".md", "(train.log_samples)")}
+
+
 def records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -174,6 +189,12 @@ def test_two_rank_zero3_run_trains_exports_and_evaluates(ml100k_prepared, tmp_pa
     assert (run / "adapter/adapter_model.safetensors").stat().st_size > 10_000
     results = json.loads((run / "results.json").read_text())
     assert any("adapter" in name and "likelihood" in name for name in results["methods"])
+    # the README's description of a run directory names every file the run wrote, and the
+    # run wrote every file it names (but those of options it did not use)
+    described = readme_run_directory()
+    written = {p.name + ("/" if p.is_dir() else "") for p in run.iterdir()}
+    assert written - described == set()
+    assert described - written == {"samples.jsonl", "prometheus/"}
     # no rank built or mapped DeepSpeed's shared-memory all-reduce (inference only): nothing of
     # the run is left in /dev/shm
     port = cfg.launch.master_port

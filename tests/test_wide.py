@@ -1,7 +1,8 @@
 """A decoder layer of Llama-3-70B's width (hidden 8192, 64 heads, 8 KV heads, intermediate
 28672; ``configs/wide70b.yaml``) trained through ``lorarec train`` by 2 CPU ranks under ZeRO-3 in
 bf16, with GraphLoRA (gradient checkpointing on) and with iLoRA (off): the partitioned load, the
-adapters at that width, the export, and the memory ``lorarec plan`` predicts for it."""
+adapters at that width, the export, the evaluation by the same ranks at the end of the launch,
+and the memory ``lorarec plan`` predicts for both."""
 
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ def test_a_70b_wide_layer_trains_exports_and_fits_the_plan(ml100k_prepared, tmp_
             "train.max_steps=2",
             "train.micro_batch_size=1",
             "monitoring.enabled=false",
+            # evaluated in the same launch, by the ranks, with the weights partitioned
+            "train.evaluate=true",
+            "eval.llm_limit=3",
+            "eval.bootstrap=20",
+            "eval.baselines=[popularity]",
             *extra,
             config=ROOT / "configs/wide70b.yaml",
         )
@@ -127,13 +133,33 @@ def test_a_70b_wide_layer_trains_exports_and_fits_the_plan(ml100k_prepared, tmp_
                 lora_dropout=cfg.train.lora.dropout,
             ),
         )
-        record = {"adapter": adapter, "plan_bytes": plan.gpu_total, "ranks": []}
+        # the evaluation at the end of the launch: every rank scored its share with its
+        # partition of the weights, within the plan's evaluation peak
+        ranks = json.loads((run / "llm_results.json").read_text())
+        assert ranks["world_size"] == 2 and len(ranks["raw"]["key"]) == 3
+        scores = ranks["raw"]["score"]
+        assert all(0 < p < 1 for p in scores)
+        for mem in ranks["memory_per_rank"]:
+            # bf16: 2 bytes a parameter, half of them on each of the 2 ranks
+            assert mem["param_bytes"] == pytest.approx(summary["parameters"], rel=0.02)
+        results = json.loads((run / "results.json").read_text())
+        assert any(k.startswith("llm ") for k in results["methods"])
+        record = {
+            "adapter": adapter,
+            "plan_bytes": plan.gpu_total,
+            "plan_eval_bytes": plan.eval_total,
+            "ranks": [],
+        }
         for mem in summary["memory_per_rank"]:
             assert mem["peak_reset"]
             measured = mem["peak_rss_train_bytes"] - mem["rss_before_model_bytes"]
-            record["ranks"].append({**mem, "measured_bytes": measured})
+            evaluating = mem["peak_rss_eval_bytes"] - mem["rss_before_model_bytes"]
+            record["ranks"].append(
+                {**mem, "measured_bytes": measured, "measured_eval_bytes": evaluating}
+            )
         records.append(record)
     print(json.dumps(records))
     for record in records:
         for rank in record["ranks"]:
             assert rank["measured_bytes"] == pytest.approx(record["plan_bytes"], rel=0.25), records
+            assert rank["measured_eval_bytes"] <= 1.25 * record["plan_eval_bytes"], records

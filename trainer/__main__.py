@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lorarec.trainer")
     p.add_argument("--config", required=True, help="the resolved config.yaml in the run directory")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--evaluate", action="store_true", help="only evaluate (lorarec eval --llm): no training"
+    )
+    p.add_argument("--adapter", default=None, help="with --evaluate: the adapter to evaluate")
     p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     args = p.parse_args(argv)
     from lorarec.launch.train import die_with_parent, watch_train_process
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         from lorarec.trainer.recipe import recipe_main
 
-        recipe_main(cfg, run_dir, args.resume)
+        recipe_main(cfg, run_dir, args.resume, evaluate=args.evaluate, adapter=args.adapter)
     except LorarecError as exc:
         status.write("failed", str(exc))
         # `lorarec train` sums the ranks' failures up in its one `lorarec: error:` line

@@ -4,7 +4,9 @@ cached before any rank starts (:mod:`lorarec.classic.inputs`); ranks only load i
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -94,3 +96,47 @@ def attach_adapter(model, cfg, data):
 
         enable_conditioning_kwarg(model)
     return model
+
+
+def check_adapter_dir(adapter: str | Path, cfg) -> str:
+    """The PEFT type of the adapter saved in ``adapter``, which must be the one
+    ``cfg.train.adapter`` names (``collab``: ``lora`` with ``train.lora.collab_tokens``)."""
+    from lorarec.core.errors import ConfigError
+    from lorarec.trainer.conditioning import adapter_label
+
+    config_file = Path(adapter) / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        kind = str(json.loads(config_file.read_text()).get("peft_type", "")).lower()
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{config_file}: not a PEFT adapter config (not a JSON object)") from None
+    label = "lora+collab" if kind == "collab" else kind
+    if label != adapter_label(cfg):
+        raise ConfigError(
+            f"{config_file}: the adapter is {label!r} but train.adapter is {adapter_label(cfg)!r}"
+        )
+    return kind
+
+
+def load_adapter_weights(model, adapter: str | Path) -> None:
+    """Load the weights saved in ``adapter`` into the PEFT ``model`` that
+    :func:`attach_adapter` built from the same config, before the engine partitions them. A
+    weight the model does not have, or of another shape, is an error naming it."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    from lorarec.core.errors import ConfigError
+
+    weights = load_peft_weights(str(adapter), device="cpu")
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # a shape mismatch: another rank, width or target module
+        raise ConfigError(
+            f"{adapter}: its weights do not fit the adapter this config builds "
+            f"({str(exc).splitlines()[0][:300]})"
+        ) from None
+    if result.unexpected_keys:
+        raise ConfigError(
+            f"{adapter}: {len(result.unexpected_keys)} weights the adapter this config builds "
+            f"does not have, e.g. {result.unexpected_keys[0]}"
+        )

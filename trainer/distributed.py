@@ -167,6 +167,12 @@ class DeepSpeedStrategy:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (JSON-like), in rank order, on rank 0; None on the others."""
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
@@ -209,6 +215,67 @@ class DeepSpeedStrategy:
         )
         return self.engine
 
+    def initialize_inference(self, model):
+        """A DeepSpeed engine without optimizer, for evaluation only: under ZeRO-3 the weights
+        stay partitioned and each layer is gathered as it runs, as in training."""
+        import deepspeed
+
+        config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
+        self.engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+        self.engine.eval()
+        return self.engine
+
+    @property
+    def zero_stage(self) -> int:
+        return zero_stage(self.ds_config)
+
+    # ------------------------------------------------------------------- a step
+
+    @property
+    def module(self):
+        """The model the engine wraps (the PEFT model), for what is not DeepSpeed's business:
+        train/eval mode, saving the adapter, scoring."""
+        return self.engine.module
+
+    def forward(self, **inputs):
+        return self.engine(**inputs)
+
+    def set_training(self, training: bool) -> None:
+        """Training (dropout on) or evaluation mode of the engine and its model."""
+        self.engine.train(training)
+
+    def backward(self, loss_sum: torch.Tensor, step_tokens: int) -> None:
+        """Backpropagate a micro-batch's summed token loss so that the step's gradient is that
+        of its mean loss over its ``step_tokens`` tokens, counted over all micro-batches of all
+        ranks, however the step is split between them. DeepSpeed divides each micro-batch's
+        loss by the accumulation steps and averages the gradients over the ranks: the loss is
+        multiplied by both, and divided by the step's tokens."""
+        scale = self.world_size * self.engine.gradient_accumulation_steps() / step_tokens
+        self.engine.backward(loss_sum * scale)
+
+    def step(self) -> None:
+        """After every micro-batch: DeepSpeed steps the optimizer and the learning rate at the
+        last micro-batch of a step (its accumulation boundary) and only counts before it."""
+        self.engine.step()
+
+    def grad_norm(self) -> float | None:
+        """The global gradient norm of the last optimizer step (before clipping)."""
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def count_parameters(self) -> tuple[int, int]:
+        """All and trainable parameters of the model, whole (a partitioned parameter counts as
+        its full size, ``ds_numel``)."""
+        total = trainable = 0
+        for p in self.module.parameters():
+            n = getattr(p, "ds_numel", None) or p.numel()
+            total += n
+            trainable += n if p.requires_grad else 0
+        return total, trainable
+
     # ----------------------------------------------------------------- memory
 
     @staticmethod
@@ -238,6 +305,12 @@ class DeepSpeedStrategy:
                 yield
         else:
             yield
+
+    def release_gathered(self) -> None:
+        """Partition again every parameter an inference forward left gathered (ZeRO-3 prefetches
+        for a forward that may not come)."""
+        if zero_stage(self.ds_config) == 3 and self.engine is not None:
+            self.engine.empty_partition_cache()
 
     # -------------------------------------------------------------- checkpoints
 

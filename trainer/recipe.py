@@ -1,30 +1,34 @@
 """Adapter fine-tuning of an LLM recommender under DeepSpeed: the recipe, one rank's view.
 
-Read top to bottom, in the order the job runs:
+Read top to bottom, in the order the job runs (:func:`recipe_main`):
 
 * ``setup``: process group, prepared data, backbone (partitioned under ZeRO-3), adapter
   (``train.adapter``: PEFT LoRA or a lorarec method) and its conditioning builder, DeepSpeed
   engine with AdamW and warm-up + cosine LR, resume from the newest checkpoint;
-* ``train``: steps over the webdataset stream (each sample once per epoch across ranks), each
-  micro-batch with its conditioning (sampled neighbourhood, SASRec states); loss
-  on answer tokens normalised by the step's answer-token count over all ranks, so that the
-  loss does not depend on how the global batch is split; per-step JSONL log, Prometheus series
-  (``/metrics`` of this rank, ``monitoring.*``) and progress bar;
-* ``save_checkpoint``: every ``train.checkpoint_every`` steps and at the end, with the data
-  position and RNG state;
+* ``train``: the loop. Each step's micro-batches with their conditioning (sampled
+  neighbourhood, SASRec states) over the webdataset stream (each sample once per epoch across
+  ranks); ``train_step`` computes the loss on answer tokens, normalised by the step's
+  answer-token count over all ranks, so that it does not depend on how the global batch is
+  split; its record goes to the run log (``run_log.py``: JSONL, progress bar) and to this
+  rank's Prometheus series; a checkpoint every ``train.checkpoint_every`` steps and at the end,
+  with the data position and RNG state;
 * ``export``: trainable parameters gathered on every rank, rank 0 writes the PEFT adapter;
-* ``cleanup``: loss plot, ``train_summary.json`` (totals, throughput, final values, every
-  rank's peak memory), endpoint withdrawn, process group down.
+* ``evaluate`` (``train.evaluate``): the trained model evaluated by every rank, with the
+  weights still partitioned (:mod:`lorarec.evaluation.sharded`);
+* ``cleanup``: ``train_summary.json`` and the loss plot, endpoint withdrawn, process group down.
+
+Every DeepSpeed call (forward, backward and its loss scale, step, gradient norm, learning rate,
+parameter counts, gathering, checkpoints) is behind the strategy (``distributed.py``).
+``setup_evaluation`` replaces ``setup`` and ``train`` when the ranks only evaluate
+(``lorarec eval --llm``).
 
 Config keys: ``train.*`` (loop, adapter), ``deepspeed.*`` (ZeRO config), ``model.*``, ``data.*``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,7 @@ from lorarec.trainer.conditioning import (
 from lorarec.trainer.data_stream import TrainStream
 from lorarec.trainer.distributed import DeepSpeedStrategy
 from lorarec.trainer.prompts import PromptStyle
+from lorarec.trainer.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +118,13 @@ class LoraRecipe:
         self.memory = {"rss_before_model_bytes": process_memory()["rss_bytes"]}
         model, self.tokenizer = s.load_backbone()
         self.param_bytes_backbone = s.parameter_bytes(model)
-        if cfg.train.gradient_checkpointing:
-            # non-reentrant: the recomputation runs under ZeRO-3's gather hooks and needs no
-            # input that requires grad; the adapters re-read the forward's conditioning state
-            model.activation_checkpointing_enable({"use_reentrant": False})
-            model.config.use_cache = False
         timer("backbone")
         model = self.attach_adapter(model)
+        if cfg.train.gradient_checkpointing:
+            from lorarec.adapters import enable_gradient_checkpointing
+
+            # each recomputed layer reads the conditioning state of the forward it belongs to
+            enable_gradient_checkpointing(model)
         sasrec = None
         if cfg.train.adapter in SEQUENCE_ADAPTERS:
             sasrec = load_sasrec(cfg, self.data, create=False)
@@ -169,16 +174,16 @@ class LoraRecipe:
                 t.gradient_accumulation_steps,
             )
             universal = written["world_size"] != s.world_size
-        self.engine = s.initialize(
+        s.initialize(
             model,
             lambda step: lr_factor(step, t.warmup_steps, self.total_steps, t.min_lr_ratio),
             universal=universal,
         )
         timer("engine")
-        self.param_bytes = s.parameter_bytes(self.engine.module)
-        self.n_params, self.n_trainable = _count_params(self.engine.module)
+        self.param_bytes = s.parameter_bytes(s.module)
+        self.n_params, self.n_trainable = s.count_parameters()
         self.flops_per_token = 4 * (self.n_params - self.n_trainable) + 6 * self.n_trainable
-        self.peak_flops = measure_matmul_peak(next(self.engine.module.parameters()).dtype, s.device)
+        self.peak_flops = measure_matmul_peak(next(s.module.parameters()).dtype, s.device)
         timer("peak flops")
         self.global_step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.samples_seen = self.tokens_seen = 0
@@ -202,13 +207,10 @@ class LoraRecipe:
                 if s.is_main:
                     log.info("resumed from %s (step %d)", resume_tag, self.global_step)
         timer("resume")
+        self.log = RunLog(self.run_dir, s.is_main, self.total_steps, self.global_step)
         self.memory.update(self.start_memory_phase("setup"))
         if s.is_main:
             log.info("setup phases: %s", timer.summary())
-            self.metrics_path = self.run_dir / "metrics.jsonl"
-            self.samples_path = self.run_dir / "samples.jsonl"
-            _truncate_log(self.metrics_path, self.global_step)
-            _truncate_log(self.samples_path, self.global_step)
             log.info(
                 "%d steps (%d per epoch, global batch %d), %s parameters, %s trainable",
                 self.total_steps,
@@ -217,6 +219,33 @@ class LoraRecipe:
                 f"{self.n_params:,}",
                 f"{self.n_trainable:,}",
             )
+
+    def setup_evaluation(self, adapter: str | None) -> None:
+        """Evaluation without training (``lorarec eval --llm``, started by the launcher like
+        training): the backbone partitioned as for training, the adapter saved in ``adapter``
+        (None: zero-shot) attached as training attaches it and loaded before the engine
+        partitions it, an engine without an optimizer."""
+        from lorarec.trainer.adapter import check_adapter_dir, load_adapter_weights
+
+        cfg, s = self.cfg, self.strategy
+        self.evaluate_only, self.adapter_dir = True, adapter
+        s.init_distributed()
+        self.metrics = None
+        self.data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
+        self.memory = {"rss_before_model_bytes": process_memory()["rss_bytes"]}
+        model, self.tokenizer = s.load_backbone()
+        self.client, self.conditioning = None, None
+        if adapter is not None:
+            check_adapter_dir(adapter, cfg)
+            model = self.attach_adapter(model)
+            load_adapter_weights(model, adapter)
+            sasrec = None
+            if cfg.train.adapter in SEQUENCE_ADAPTERS:
+                sasrec = load_sasrec(cfg, self.data, create=False)
+            self.client = connect_graph_service(cfg, self.data)
+            self.conditioning = ConditioningBuilder(cfg, self.data, sasrec, client=self.client)
+        s.initialize_inference(model)
+        self.memory.update(self.start_memory_phase("setup"))
 
     @staticmethod
     def start_memory_phase(ended: str) -> dict[str, Any]:
@@ -270,23 +299,15 @@ class LoraRecipe:
     # ------------------------------------------------------------------- train
 
     def train(self) -> None:
-        from tqdm import tqdm
-
+        """The training loop: every step's micro-batches (built ``graph_service.prefetch`` steps
+        ahead in a background thread), one optimizer step, its record, a checkpoint every
+        ``train.checkpoint_every`` steps and at the end."""
         from lorarec.graph_service.client import Prefetcher
 
         s, cfg = self.strategy, self.cfg
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.global_step,
-            desc="train",
-            disable=not s.is_main,
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
-        self.engine.train()
+        self.log.open_progress()
+        s.set_training(True)
         depth = cfg.graph_service.prefetch
-        # the micro-batches of the coming steps are built (tokens, neighbourhoods, histories)
-        # `depth` steps ahead in a background thread while this thread computes
         built = (
             Prefetcher(self.planned_steps(), self.build_step, depth)
             if depth > 0
@@ -296,26 +317,8 @@ class LoraRecipe:
             wait_start = time.perf_counter()
             for step, batches, build_seconds in built:
                 record = self.train_step(step, batches, wait_start, build_seconds)
-                self.global_step += 1
-                self.step_in_epoch = step.step_in_epoch + 1
-                if self.step_in_epoch == self.stream.steps_per_epoch:
-                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                if s.is_main:
-                    with open(self.metrics_path, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                    if cfg.train.log_samples:
-                        keys = [[x["key"] for x in slot] for slot in step.slots]
-                        with open(self.samples_path, "a") as fh:
-                            fh.write(
-                                json.dumps(
-                                    {"step": record["step"], "epoch": step.epoch, "slots": keys}
-                                )
-                                + "\n"
-                            )
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
-                    )
-                    bar.update(1)
+                self.advance(step)
+                self.log.step(record, step.epoch, step.slots if cfg.train.log_samples else None)
                 done = self.global_step >= self.total_steps
                 if self.global_step % cfg.train.checkpoint_every == 0 and not done:
                     self.save_checkpoint()
@@ -323,8 +326,15 @@ class LoraRecipe:
         finally:
             if isinstance(built, Prefetcher):
                 built.close()
-        bar.close()
+        self.log.close_progress()
         self.save_checkpoint()
+
+    def advance(self, step) -> None:
+        """The data position after ``step``: the next step of its epoch, or the next epoch."""
+        self.global_step += 1
+        self.step_in_epoch = step.step_in_epoch + 1
+        if self.step_in_epoch == self.stream.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
     def planned_steps(self):
         """``(global step, step)`` from the current position to ``total_steps``."""
@@ -360,25 +370,26 @@ class LoraRecipe:
         step_answer_tokens = sum(
             self.builder.num_answer_tokens(x) for slot in step.slots for x in slot
         )
-        scale = s.world_size * self.stream.accum / step_answer_tokens
         loss_sum = tokens = 0.0
         for batch, cond in batches:
             batch = {k: v.to(s.device) for k, v in batch.items()}
             extra = {} if cond is None else {"conditioning": cond.to(s.device)}
             # logits only from the position before the first answer token on: the vocabulary
             # projection of the prompts is never needed
-            logits = self.engine(
+            logits = s.forward(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 logits_to_keep=answer_logits_to_keep(batch["labels"]),
                 **extra,
             ).logits
             micro_loss = answer_token_loss_sum(logits, batch["labels"])
-            self.engine.backward(micro_loss * scale)
-            self.engine.step()
+            # the gradient of the step's loss: its summed answer-token losses over all ranks,
+            # divided by the step's answer tokens
+            s.backward(micro_loss, step_answer_tokens)
+            s.step()
             loss_sum += float(micro_loss.detach())
             tokens += float(batch["attention_mask"].sum())
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = s.grad_norm()
         loss_total, tokens_total = s.all_reduce_sum([loss_sum, tokens])
         seconds = time.perf_counter() - since
         self.samples_seen += step.num_samples
@@ -389,8 +400,8 @@ class LoraRecipe:
             "time": time.time(),
             "epoch": step.epoch,
             "loss": loss_total / step_answer_tokens,
-            "lr": self.engine.get_lr()[0],
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "lr": s.learning_rate(),
+            "grad_norm": grad_norm,
             "samples": step.num_samples,
             "tokens": int(tokens_total),
             "answer_tokens": step_answer_tokens,
@@ -444,13 +455,13 @@ class LoraRecipe:
         from lorarec.core.io import atomic_path
 
         s = self.strategy
-        module = self.engine.module
-        module.eval()
+        module = s.module
+        s.set_training(False)
         probe_samples = self.data.samples("test")[:2]
         probe, cond = self.batch(probe_samples, None, epoch=0)
         extra = {} if cond is None else {"conditioning": cond.to(s.device)}
         with torch.no_grad():
-            logits = self.engine(
+            logits = s.forward(
                 input_ids=probe["input_ids"].to(s.device),
                 attention_mask=probe["attention_mask"].to(s.device),
                 **extra,
@@ -476,6 +487,61 @@ class LoraRecipe:
                 )
         s.barrier()
 
+    # --------------------------------------------------------------- evaluate
+
+    def evaluate(self) -> None:
+        """With ``train.evaluate``: the trained model evaluated where it lives, every rank
+        scoring its share of the samples with the partitioned weights
+        (:mod:`lorarec.evaluation.sharded`); rank 0 writes ``llm_results.json``, which
+        ``lorarec train`` joins with the baselines into ``results.json``."""
+        evaluate_only = getattr(self, "evaluate_only", False)
+        if not (self.cfg.train.evaluate or evaluate_only):
+            return
+        from lorarec.core.io import write_json_atomic
+        from lorarec.evaluation.protocol import llm_label
+        from lorarec.evaluation.sharded import evaluate_in_ranks
+        from lorarec.trainer.backbone import describe_backbone
+
+        s = self.strategy
+        if not evaluate_only:
+            self.memory.update(self.start_memory_phase("train"))
+        adapter = self.adapter_dir if evaluate_only else str(self.run_dir / "adapter")
+        start = time.perf_counter()
+        module = s.module
+        s.set_training(False)
+        with torch.no_grad():
+            evaluated = evaluate_in_ranks(
+                module,
+                self.tokenizer,
+                self.data,
+                self.cfg,
+                self.conditioning,
+                s,
+                llm_label(self.cfg, adapter),
+            )
+        s.release_gathered()
+        seconds = time.perf_counter() - start
+        # every rank's parameter bytes and peak while it evaluated: its partition, not the model
+        mine = {"param_bytes": s.parameter_bytes(module), **process_memory()}
+        mine["rss_before_model_bytes"] = self.memory["rss_before_model_bytes"]
+        self.memory["eval_param_bytes"] = mine["param_bytes"]
+        ranks = s.all_gather_object(mine)
+        if s.is_main:
+            entries, raw = evaluated
+            write_json_atomic(
+                self.run_dir / "llm_results.json",
+                {
+                    "backbone": describe_backbone(self.cfg.model),
+                    "world_size": s.world_size,
+                    "zero_stage": s.zero_stage,
+                    "seconds": round(seconds, 1),
+                    "memory_per_rank": ranks,
+                    "methods": entries,
+                    "raw": raw,
+                },
+            )
+            log.info("evaluated %s in %.1f s", ", ".join(entries), seconds)
+
     # ----------------------------------------------------------------- cleanup
 
     def cleanup(self) -> None:
@@ -492,14 +558,7 @@ class LoraRecipe:
             "graph_retries": self.client.retried if self.client is not None else 0,
         }
         ranks = s.all_gather_object(mine)
-        if s.is_main:
-            from lorarec.core.io import write_json_atomic
-
-            records = [
-                json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()
-            ]
-            write_json_atomic(self.run_dir / "train_summary.json", self.summary(records, ranks))
-            plot_loss(records, self.run_dir / "loss.png")
+        self.log.finish(self.facts(), ranks)
         if self.metrics is not None:
             if s.is_main:
                 from lorarec.monitoring.discovery import clear_rank_endpoints
@@ -508,11 +567,9 @@ class LoraRecipe:
             self.metrics.close()
         s.shutdown()
 
-    def summary(self, records: list[dict], ranks: list[dict]) -> dict[str, Any]:
-        """Totals, mean throughput and final values of the run (``train_summary.json``)."""
+    def facts(self) -> dict[str, Any]:
+        """What the run is and did, for its summary."""
         s = self.strategy
-        step_seconds = sum(r["step_seconds"] for r in records)
-        last = records[-1] if records else {}
         return {
             "job": self.cfg.job,
             "adapter": adapter_label(self.cfg),
@@ -524,52 +581,7 @@ class LoraRecipe:
             "trainable_parameters": self.n_trainable,
             "param_bytes_per_rank": self.param_bytes,
             "backbone_param_bytes_per_rank": self.param_bytes_backbone,
-            "final_loss": last.get("loss"),
-            "final_lr": last.get("lr"),
-            "final_grad_norm": last.get("grad_norm"),
-            "train_seconds": step_seconds,
-            # totals over step time: the run's throughput (logged steps, resumed runs included)
-            "tokens_per_s": sum(r["tokens"] for r in records) / step_seconds if records else None,
-            "samples_per_s": sum(r["samples"] for r in records) / step_seconds if records else None,
-            "mean_tokens_per_s": sum(r["tokens_per_s"] for r in records) / max(1, len(records)),
-            "data_wait_fraction": sum(r["data_wait_seconds"] for r in records) / step_seconds
-            if records
-            else None,
-            "mean_mfu": sum(r["mfu"] for r in records) / len(records) if records else None,
-            "checkpoint_seconds": max(r["checkpoint_seconds"] for r in ranks),
-            # over the whole run: set-up (loading) and training
-            "peak_rss_bytes_per_rank": [
-                max(r.get("peak_rss_bytes") or 0, r.get("peak_rss_setup_bytes") or 0) for r in ranks
-            ],
-            # per rank: resident bytes before the model loads, and the peaks of set-up (loading,
-            # engine) and of training (from the end of set-up; lifetime if peak_reset is false)
-            "memory_per_rank": [
-                {
-                    k: r.get(k)
-                    for k in (
-                        "rss_before_model_bytes",
-                        "peak_rss_setup_bytes",
-                        "peak_device_setup_bytes",
-                        "peak_reset",
-                    )
-                    if k in r
-                }
-                | {"peak_rss_train_bytes": r.get("peak_rss_bytes")}
-                | ({"peak_device_train_bytes": r["device_bytes"]} if "device_bytes" in r else {})
-                for r in ranks
-            ],
-            "peak_device_bytes_per_rank": [r.get("device_bytes") for r in ranks]
-            if "device_bytes" in ranks[0]
-            else None,
-            "graph_retries": sum(r["graph_retries"] for r in ranks),
-            # the exporters' own cost on the busiest rank: metric updates in the training
-            # thread plus CPU time answering scrapes
-            "monitoring_seconds": max(
-                r["metrics_update_seconds"] + r["metrics_scrape_cpu_seconds"] for r in ranks
-            ),
-            "metrics_update_seconds": max(r["metrics_update_seconds"] for r in ranks),
-            "metrics_scrape_cpu_seconds": max(r["metrics_scrape_cpu_seconds"] for r in ranks),
-            "zero_stage": int(s.ds_config.get("zero_optimization", {}).get("stage", 0)),
+            "zero_stage": s.zero_stage,
             "peak_matmul_flops_per_rank": self.peak_flops,
         }
 
@@ -588,49 +600,6 @@ class _PhaseTimer:
 
     def summary(self) -> str:
         return ", ".join(f"{name} {sec:.1f} s" for name, sec in self.parts)
-
-
-def _count_params(model) -> tuple[int, int]:
-    total = trainable = 0
-    for p in model.parameters():
-        n = getattr(p, "ds_numel", None) or p.numel()
-        total += n
-        trainable += n if p.requires_grad else 0
-    return total, trainable
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines up to ``step`` (a resumed run rewrites what came after)."""
-    from lorarec.core.io import write_text_atomic
-
-    if not path.exists():
-        return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
-
-
-def plot_loss(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not records:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def check_resume_shape(
@@ -670,9 +639,21 @@ def check_resume_shape(
     )
 
 
-def recipe_main(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+def recipe_main(
+    cfg: RunConfig, run_dir: Path, resume: bool, evaluate: bool = False, adapter: str | None = None
+) -> None:
+    """A rank's job: train (set up, train, export, evaluate with ``train.evaluate``, clean up),
+    or with ``evaluate`` only evaluate the adapter saved in ``adapter`` (None: zero-shot)."""
     recipe = LoraRecipe(cfg, run_dir, resume)
-    for phase in (recipe.setup, recipe.train, recipe.export, recipe.cleanup):
+    if evaluate:
+        phases = (
+            lambda: recipe.setup_evaluation(adapter),
+            recipe.evaluate,
+            recipe.strategy.shutdown,
+        )
+    else:
+        phases = (recipe.setup, recipe.train, recipe.export, recipe.evaluate, recipe.cleanup)
+    for phase in phases:
         start = time.perf_counter()
         phase()
-        log.info("%s: %.1f s", phase.__name__, time.perf_counter() - start)
+        log.info("%s: %.1f s", getattr(phase, "__name__", "phase"), time.perf_counter() - start)

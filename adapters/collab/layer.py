@@ -1,6 +1,6 @@
-"""Collab tokens (``train.adapter: lora`` with ``train.lora.collab_tokens: true``): plain LoRA
-whose prompt carries the collaborative embeddings of its user and items as input tokens, the
-design of CoLLM.
+"""Collab tokens (the README's Adapters table; ``train.adapter: lora`` with
+``train.lora.collab_tokens: true``): plain LoRA whose prompt carries the collaborative
+embeddings of its user and items as input tokens, the design of CoLLM.
 
     h = W x + s * B (A dropout(x))                          s = alpha / r, B = 0 at the start
     e_t = projector( T[node_t] )   at every user / item placeholder token t

@@ -1,4 +1,5 @@
-"""GraphMoE: a mixture of LoRA experts whose gate reads the user's place in the graph.
+"""GraphMoE (the README's Adapters table): a mixture of LoRA experts whose gate reads the
+user's place in the graph.
 
     g = softmax( gate( GNN(subgraph)[user] ) )
     h = W x + s * sum_i g_i B_i (A_i dropout(x))
