@@ -19,7 +19,7 @@ against the reference loops.
     python bench/adapters.py --quick         # the tiny config only, 3 rounds: under a minute
     python bench/adapters.py --json PATH     # default bench/results/adapters.json
 
-Needs `lorarec fetch smollm2-135m` and prepared data (`lorarec data prepare ml-100k`).
+Needs `lorarec fetch smollm2-135m`; prepares ML-100K itself where `data.dir` holds no prepared data.
 """
 
 from __future__ import annotations
@@ -112,11 +112,11 @@ def step(model, batch, cond) -> float:
 
 def bench_backbone(config: str, batch_size: int, rounds: int, history: int) -> dict:
     from lorarec.core.config import load_config
-    from lorarec.data.prepared import PreparedData
+    from lorarec.launch.inputs import ensure_prepared
     from lorarec.trainer.backbone import load_backbone
 
     cfg = load_config(ROOT / config, [f"data.history_short={history}"])
-    data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
+    data = ensure_prepared(cfg)  # prepared first (fetching ML-100K) on a fresh machine
     backbone, tokenizer = load_backbone(cfg.model)
     samples = data.samples("valid")[:batch_size]
     variants = build_variants(cfg, data, backbone)

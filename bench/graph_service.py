@@ -16,8 +16,8 @@
     python bench/graph_service.py --quick         # fewer sizes and rounds, tiny backbone
     python bench/graph_service.py --json PATH     # default bench/results/graph_service.json
 
-Needs prepared data (`lorarec data prepare ml-100k`, as `make demo` does) and, for the full
-run, `lorarec fetch smollm2-135m`.
+Prepares ML-100K itself where `--data` holds no prepared data; the full run needs
+`lorarec fetch smollm2-135m`.
 """
 
 from __future__ import annotations
@@ -75,12 +75,14 @@ def _grouped(client, group: int = 32):
 
 
 def throughput(data_dir: str, sizes: list[int], rounds: int, per_size_seeds: int) -> dict:
-    from lorarec.data.prepared import PreparedData
+    from lorarec.core.config import load_config
     from lorarec.graph_service import partition, service
     from lorarec.graph_service.client import GraphClient
     from lorarec.graph_service.sampler import NeighborSampler
+    from lorarec.launch.inputs import ensure_prepared
 
-    data = PreparedData.open(data_dir, "next_item")
+    # prepared first (fetching ML-100K) on a fresh machine
+    data = ensure_prepared(load_config(ROOT / "configs/demo.yaml", [f"data.dir={data_dir}"]))
     indptr, indices = (np.asarray(a) for a in data.graph())
     inproc = NeighborSampler(indptr, indices)
     seqs = None

@@ -73,14 +73,14 @@ def setup(args):
     from peft import LoraConfig, get_peft_model
 
     from lorarec.core.config import load_config
-    from lorarec.data.prepared import PreparedData
+    from lorarec.launch.inputs import ensure_prepared
     from lorarec.trainer.backbone import load_backbone
     from lorarec.trainer.batching import ExampleBuilder
     from lorarec.trainer.prompts import PromptStyle
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / args.config)
-    data = PreparedData.open(cfg.data.dir, cfg.data.prepared_task)
+    data = ensure_prepared(cfg)  # prepared first (fetching ML-100K) on a fresh machine
     backbone, tok = load_backbone(cfg.model)
     lora = cfg.train.lora
     model = get_peft_model(
