@@ -1,7 +1,9 @@
 """Evaluation where the model lives: the LLM evaluated by the ranks under the engine that trained
 it (ZeRO-3, partitioned weights, samples split across ranks), by `lorarec train` at the end of
-the launch and by `lorarec eval` through the launcher (also as two nodes on one machine), equal
-sample for sample to the one-process path. Real launcher, gloo, tiny Llama."""
+the launch and by `lorarec eval` through the launcher, equal sample for sample to the
+one-process path. Training and evaluation both run as two nodes on one machine (one launcher
+per node, `--no-ssh`), which is also the test of multi-node training. Real launcher, gloo, tiny
+Llama."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from lorarec.core.config import load_config
-from tests.test_trainer import LORAREC, ROOT, free_port, run_train
+from tests.test_trainer import LORAREC, ROOT, free_port, train_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -53,18 +55,51 @@ def eval_cmd(config_run, out, *args):
     ], cfg
 
 
+def two_nodes(cmd_of, tmp_path) -> None:
+    """Run ``cmd_of(node, extra)`` as two nodes on one machine (one rank each, one launcher per
+    node, hostfile lines ``localhost`` and ``127.0.0.2``) and wait for both."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.2 slots=1\n")
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        extra = ["--hostfile", str(hostfile), "--no-ssh", "--node-rank", str(node)]
+        extra += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+        procs.append(
+            subprocess.Popen(
+                cmd_of(node, extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=ROOT,
+            )
+        )
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+
+
 def test_train_evaluates_in_the_ranks_as_one_process_does(ml100k_prepared, tmp_path):
+    """GraphLoRA trained by two nodes on one machine (one rank each, ZeRO-3), evaluated by the
+    same ranks at the end of the launch; then by `lorarec eval` as two nodes."""
     run = tmp_path / "run"
-    run_train(
-        ml100k_prepared,
-        run,
-        "train.adapter=graphlora",
-        "graph_service.backend=inprocess",
-        "train.max_steps=4",
-        "train.evaluate=true",
-        "eval.llm_methods=[likelihood,generation]",
-        *EVAL,
+    two_nodes(
+        lambda node, extra: train_cmd(
+            ml100k_prepared,
+            run,
+            "train.adapter=graphlora",
+            "graph_service.backend=inprocess",
+            "train.max_steps=4",
+            "launch.ranks_per_node=1",
+            "train.evaluate=true",
+            "eval.llm_methods=[likelihood,generation]",
+            *EVAL,
+            extra=extra,
+        ),
+        tmp_path,
     )
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert (run / "adapter/adapter_model.safetensors").is_file()
     ranks = json.loads((run / "llm_results.json").read_text())
     assert ranks["world_size"] == 2 and ranks["zero_stage"] == 3
     raw = ranks["raw"]
@@ -106,42 +141,19 @@ def test_train_evaluates_in_the_ranks_as_one_process_does(ml100k_prepared, tmp_p
 
     # each rank held its partition of the weights while it evaluated: half of the model's
     # fp32 bytes on 2 ranks (partitions are padded to a multiple of the world size)
-    summary = json.loads((run / "train_summary.json").read_text())
     model_bytes = summary["parameters"] * 4
     for mem in ranks["memory_per_rank"]:
         assert mem["param_bytes"] == pytest.approx(model_bytes / 2, rel=0.02)
     assert all("peak_rss_eval_bytes" in m for m in summary["memory_per_rank"])
 
     # the same adapter evaluated by `lorarec eval` as two nodes on one machine (one rank each)
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("localhost slots=1\n127.0.0.2 slots=1\n")
-    port = free_port()
     out = tmp_path / "eval2"
-    procs = []
-    for node in (0, 1):
-        cmd, _ = eval_cmd(
-            run,
-            out,
-            "--adapter",
-            str(run / "adapter"),
-            "launch.ranks_per_node=1",
-            "--hostfile",
-            str(hostfile),
-            "--no-ssh",
-            "--node-rank",
-            str(node),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-        )
-        procs.append(
-            subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-            )
-        )
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    two_nodes(
+        lambda node, extra: eval_cmd(
+            run, out, "--adapter", str(run / "adapter"), "launch.ranks_per_node=1", *extra
+        )[0],
+        tmp_path,
+    )
     two = json.loads((out / "llm_results.json").read_text())
     assert two["world_size"] == 2
     assert two["raw"]["key"] == raw["key"]
