@@ -646,14 +646,20 @@ def recipe_main(
     or with ``evaluate`` only evaluate the adapter saved in ``adapter`` (None: zero-shot)."""
     recipe = LoraRecipe(cfg, run_dir, resume)
     if evaluate:
-        phases = (
-            lambda: recipe.setup_evaluation(adapter),
-            recipe.evaluate,
-            recipe.strategy.shutdown,
-        )
+        phases = {
+            "setup": lambda: recipe.setup_evaluation(adapter),
+            "evaluate": recipe.evaluate,
+            "shutdown": recipe.strategy.shutdown,
+        }
     else:
-        phases = (recipe.setup, recipe.train, recipe.export, recipe.evaluate, recipe.cleanup)
-    for phase in phases:
+        phases = {
+            "setup": recipe.setup,
+            "train": recipe.train,
+            "export": recipe.export,
+            "evaluate": recipe.evaluate,
+            "cleanup": recipe.cleanup,
+        }
+    for name, phase in phases.items():
         start = time.perf_counter()
         phase()
-        log.info("%s: %.1f s", getattr(phase, "__name__", "phase"), time.perf_counter() - start)
+        log.info("%s: %.1f s", name, time.perf_counter() - start)
