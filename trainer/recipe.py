@@ -70,18 +70,24 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.5) -> float:
-    """Achieved FLOP/s of a large matmul on this rank, the MFU denominator."""
+    """The FLOP/s a large matmul reaches on this rank, the MFU denominator. On a GPU, by the
+    wall clock; on the CPU, per second of CPU time the process spent, times its compute
+    threads: the rate of the cores it runs on, which other processes sharing them do not lower
+    (by the wall clock, a busy machine measured a low peak, and steps that later ran alone
+    reported an MFU above 1)."""
     n = 1024
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
-    iters, start = 0, time.perf_counter()
+    iters, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         a @ b
         iters += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2 * n**3 * iters / (time.perf_counter() - start)
+        return 2 * n**3 * iters / (time.perf_counter() - start)
+    cpu = max(time.process_time() - cpu_start, 1e-9)
+    return 2 * n**3 * iters / cpu * torch.get_num_threads()
 
 
 def process_memory() -> dict[str, int]:
