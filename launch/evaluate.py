@@ -22,9 +22,7 @@ from lorarec.launch import train as T
 
 def eval_command(args) -> int:
     from lorarec.core.config import write_config
-    from lorarec.core.io import write_json_atomic, write_text_atomic
     from lorarec.evaluation.protocol import run_evaluation
-    from lorarec.evaluation.report import results_table
 
     cfg = T.run_config(args)
     run_dir = cfg.run_dir
@@ -55,11 +53,8 @@ def eval_command(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)  # unwritable: one line now, not after
         results = run_evaluation(cfg, llm=llm, adapter=args.adapter, progress=not args.quiet)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    table = results_table(results)
     write_config(cfg, run_dir / "config.yaml")
-    write_json_atomic(run_dir / "results.json", results)
-    write_text_atomic(run_dir / "results.md", table + "\n")
-    print(table)
+    print(T.write_results(run_dir, results))
     print(f"\nresults: {run_dir / 'results.json'} ({results['seconds']} s)")
     return 0
 
@@ -68,11 +63,12 @@ def evaluate_in_ranks(cfg, args) -> tuple[int, dict | None]:
     """The LLM evaluated by ranks the launcher starts, then the baselines here: the launcher's
     exit code and, on the main node after a success, the results."""
     from lorarec.evaluation.protocol import run_evaluation
+    from lorarec.launch.inputs import ensure_prepared
     from lorarec.trainer.adapter import check_adapter_dir
     from lorarec.trainer.backbone import resolve_backbone
     from lorarec.trainer.distributed import build_ds_config
 
-    data = T.open_data(cfg)
+    data = ensure_prepared(cfg)
     source = resolve_backbone(cfg.model)
     build_ds_config(cfg, 1)
     if args.adapter:

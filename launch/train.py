@@ -505,14 +505,6 @@ def check_slurm_flags(args) -> None:
         )
 
 
-def open_data(cfg: RunConfig):
-    """The run's prepared data; prepared first (one line saying so) when ``data.dir`` holds no
-    prepared directory and ``data.source`` can be prepared."""
-    from lorarec.launch.inputs import ensure_prepared
-
-    return ensure_prepared(cfg)
-
-
 def validate(cfg: RunConfig, args) -> tuple:
     """Everything the ranks will need, checked before any starts: the data, the backbone,
     the DeepSpeed config, and a resumed run's checkpoint (its files unchanged since the save,
@@ -530,7 +522,9 @@ def validate(cfg: RunConfig, args) -> tuple:
             "before its first save); training from step 0",
             file=sys.stderr,
         )
-    data = open_data(cfg)
+    from lorarec.launch.inputs import ensure_prepared
+
+    data = ensure_prepared(cfg)  # prepared first where data.dir holds no prepared data
     source = resolve_backbone(cfg.model)  # also materialises tiny-random
     build_ds_config(cfg, 1)
     if not resume and (ckpt / "latest").is_file():
@@ -656,17 +650,23 @@ def evaluate_run(cfg: RunConfig, run: Launched) -> dict | None:
         return None
     import json
 
-    from lorarec.core.io import write_json_atomic
     from lorarec.evaluation.protocol import run_evaluation
-    from lorarec.evaluation.report import results_table
 
     ranks = json.loads((run.run_dir / "llm_results.json").read_text())
     results = run_evaluation(cfg, from_ranks=ranks, progress=True)
-    table = results_table(results)
-    write_json_atomic(run.run_dir / "results.json", results)
-    write_text_atomic(run.run_dir / "results.md", table + "\n")
-    print(table)
+    print(write_results(run.run_dir, results))
     return results
+
+
+def write_results(run_dir: Path, results: dict) -> str:
+    """``results.json`` and ``results.md`` of an evaluation; returns the table."""
+    from lorarec.core.io import write_json_atomic
+    from lorarec.evaluation.report import results_table
+
+    table = results_table(results)
+    write_json_atomic(run_dir / "results.json", results)
+    write_text_atomic(run_dir / "results.md", table + "\n")
+    return table
 
 
 def summarise(cfg: RunConfig, run: Launched, results: dict | None, args) -> int:

@@ -50,6 +50,17 @@ def runner(ml100k_prepared, tmp_path, *extra):
     ]
 
 
+def resume(ml100k_prepared, tmp_path, env):
+    return subprocess.run(
+        runner(ml100k_prepared, tmp_path, "--resume"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
 def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_prepared, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -85,14 +96,7 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
     assert refused.returncode == 2
     assert "--resume" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
-    resumed = subprocess.run(
-        runner(ml100k_prepared, tmp_path, "--resume"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    resumed = resume(ml100k_prepared, tmp_path, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     lines = resumed.stdout.splitlines()
     assert any(x.startswith("[1/3] lora seed 42: done") for x in lines), lines
@@ -129,14 +133,7 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
     collab_mtime = (collab / "train_summary.json").stat().st_mtime_ns
     (collab / "results.json").unlink()
     (tmp_path / "quality.json").unlink()
-    again = subprocess.run(
-        runner(ml100k_prepared, tmp_path, "--resume"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    again = resume(ml100k_prepared, tmp_path, env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     lines = again.stdout.splitlines()
     assert any(x.startswith("[2/3] lora_collab seed 42: evaluated") for x in lines), lines

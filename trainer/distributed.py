@@ -296,11 +296,9 @@ class DeepSpeedStrategy:
         if zero_stage(self.ds_config) == 3:
             import deepspeed
 
-            if self.engine is not None:
-                # parameters prefetched for a forward that did not come (after an evaluation
-                # forward) may still be in flight: wait for them and partition every gathered
-                # one again, so the gather below starts from partitioned parameters
-                self.engine.empty_partition_cache()
+            # parameters prefetched for a forward that did not come (after an evaluation
+            # forward) may still be in flight: the gather below starts from partitioned ones
+            self.release_gathered()
             with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
                 yield
         else:
