@@ -30,6 +30,15 @@ evaluated, a method with a checkpoint resumes from it),
 so a long run can go on in the background across sessions. Without ``--resume`` a non-empty
 runs directory is refused.
 
+Run directories are large and stay on the machine that made them. What a finished method (or
+the baselines) adds to the result is also written as a small *record*,
+``bench/results/quality-<protocol>/<method>-s<seed>.json`` (``--records``): its per-sample
+scores, train seconds, samples, parameters and the commits that made it, with the settings it
+was made under. Records are committed, so the benchmark goes on where it stopped on another
+machine or in a fresh checkout: with ``--resume`` a method whose record was made under the same
+settings (protocol, config, samples, eval, seed, the method's and the command's overrides) is
+read from it and not run again (``recorded``); a record made under other settings is not used.
+
 The result, ``bench/results/quality-<protocol>.json``, holds per method the metrics with 95%
 bootstrap intervals (``[value, low, high]``), the paired differences to plain LoRA
 (``vs_lora``) and to the collaborative-token LoRA (``vs_lora_collab``) by a paired bootstrap
@@ -151,11 +160,65 @@ def common_overrides(args, seed: int) -> list[str]:
     ]
 
 
+def settings(args, name: str, seed: int) -> dict:
+    """What a method's (or the baselines') result depends on: a record made under other
+    settings is not used."""
+    return {
+        "protocol": args.protocol,
+        "config": args.config,
+        "samples": args.samples,
+        "eval": args.eval,
+        "seed": seed,
+        "method": METHODS[name] if name in METHODS else sorted(args.baselines),
+        "overrides": list(args.overrides),
+    }
+
+
+def record_path(args, name: str, seed: int) -> Path:
+    return Path(args.records) / f"{name}-s{seed}.json"
+
+
+def read_record(args, name: str, seed: int) -> dict | None:
+    """The recorded row of ``name`` at ``seed`` if it was made under the current settings."""
+    path = record_path(args, name, seed)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunnerError(f"{path}: not a JSON record ({e})") from e
+    want = settings(args, name, seed)
+    if record.get("settings") != want:
+        got = record.get("settings") or {}
+        differ = sorted(k for k in want if got.get(k) != want[k])
+        print(f"{path}: made under other settings ({', '.join(differ)}): not used", flush=True)
+        return None
+    return record["row"]
+
+
+def write_record(args, name: str, seed: int, row: dict) -> None:
+    from lorarec.core.io import write_json_atomic
+
+    write_json_atomic(
+        record_path(args, name, seed), {"settings": settings(args, name, seed), "row": row}
+    )
+
+
 def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[dict, str]:
-    """Train and evaluate ``name`` into ``run`` (or read it back): its summary and how it was
-    obtained (``done``: read back, ``evaluated``: trained before, ``resumed``, ``new``)."""
+    """Train and evaluate ``name`` into ``run`` (or read it back) and record it: its row and
+    how it was obtained (``done``: read from its run, ``recorded``: read from its record,
+    ``evaluated``: trained before, ``resumed``, ``new``)."""
     if (run / "results.json").is_file() and (run / "train_summary.json").is_file():
-        return read_method(run), "done"
+        row, how = read_method(run), "done"
+    elif args.resume and (row := read_record(args, name, seed)) is not None:
+        return row, "recorded"
+    else:
+        row, how = run_method(name, seed, args, sched, run)
+    write_record(args, name, seed, row)
+    return row, how
+
+
+def run_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[dict, str]:
     evaluation = ["eval.llm_methods=[likelihood]", "eval.baselines=[]"]
     overrides = [*METHODS[name], *common_overrides(args, seed), *sched["overrides"]]
     if (run / "train_summary.json").is_file() and (run / "adapter").is_dir():
@@ -216,7 +279,7 @@ def read_method(run: Path) -> dict:
     if len(llm) != 1 or "per_sample" not in llm[0]:
         raise RunnerError(f"{run / 'results.json'}: expected one LLM entry with per-sample values")
     return {
-        "entry": llm[0],
+        "entry": compact(llm[0]),
         "backbone": results.get("backbone"),
         "train_seconds": round(sum(r["step_seconds"] for r in records), 1),
         "train_samples": int(summary["samples"]),
@@ -228,10 +291,37 @@ def read_method(run: Path) -> dict:
     }
 
 
+def compact(entry: dict) -> dict:
+    """``entry`` with its per-sample scores at 7 significant digits: the size a record can be
+    committed at. Runs and records are scored from the same rounded values."""
+    ps = {
+        c: [float(f"{x:.7g}") if isinstance(x, float) else x for x in v]
+        for c, v in entry["per_sample"].items()
+    }
+    return {**entry, "per_sample": ps}
+
+
 def _commits(run: Path) -> list[str]:
     path = run / "commits.txt"
     lines = path.read_text().split() if path.is_file() else []
     return list(dict.fromkeys(lines))  # in order, once each
+
+
+def baselines(seed: int, args, run: Path, keys: list[str] | None) -> tuple[dict[str, dict], str]:
+    """The protocol's baselines restricted to the LLM's samples ``keys`` (all without), from
+    their run, their record or a new evaluation, and recorded; with how they were obtained."""
+    how = "done" if (run / "results.json").is_file() else "new"
+    if how == "new" and args.resume and (row := read_record(args, "baselines", seed)) is not None:
+        entries, how = row["entries"], "recorded"
+        if keys is not None:
+            entries = {name: restrict(e, keys) for name, e in entries.items()}
+        return entries, how
+    entries = evaluate_baselines(seed, args, run)
+    if keys is not None:
+        entries = {name: restrict(e, keys) for name, e in entries.items()}
+    entries = {name: compact(e) for name, e in entries.items()}
+    write_record(args, "baselines", seed, {"entries": entries, "commits": [git_commit()]})
+    return entries, how
 
 
 def evaluate_baselines(seed: int, args, run: Path) -> dict[str, dict]:
@@ -419,11 +509,12 @@ def run(args) -> dict:
             )
         t0 = time.perf_counter()
         keys = next(iter(per_seed.values()))[seed]["per_sample"]["key"] if per_seed else None
-        for name, entry in evaluate_baselines(seed, args, runs / f"baselines-s{seed}").items():
-            per_seed.setdefault(name, {})[seed] = restrict(entry, keys) if keys else entry
+        found, how = baselines(seed, args, runs / f"baselines-s{seed}", keys)
+        for name, entry in found.items():
+            per_seed.setdefault(name, {})[seed] = entry
         done += 1
         print(
-            f"[{done}/{total}] baselines seed {seed}: {', '.join(args.baselines)} "
+            f"[{done}/{total}] baselines seed {seed}: {how}, {', '.join(args.baselines)} "
             f"({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -490,6 +581,10 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--resume", action="store_true", help="continue the runs in --runs")
     p.add_argument("--json", help="default bench/results/quality-<protocol>.json")
     p.add_argument(
+        "--records",
+        help="each finished method's record (default: --json without .json, a folder)",
+    )
+    p.add_argument(
         "--readme",
         action="store_true",
         help="only regenerate the README tables from bench/results/quality-*.json",
@@ -502,6 +597,7 @@ def parse(argv: list[str] | None = None):
     args.baselines = proto["baselines"] if args.baselines is None else args.baselines
     args.runs = args.runs or str(ROOT / "runs/bench_quality" / args.protocol)
     args.json = args.json or str(ROOT / f"bench/results/quality-{args.protocol}.json")
+    args.records = args.records or str(Path(args.json).with_suffix(""))
     return args
 
 

@@ -4,8 +4,10 @@ Real `lorarec train` runs (deepspeed launcher, one rank, tiny Llama)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +16,6 @@ import time
 import pytest
 
 from tests.test_trainer import ROOT
-
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def runner(ml100k_prepared, tmp_path, *extra):
@@ -61,6 +61,8 @@ def resume(ml100k_prepared, tmp_path, env):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_prepared, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -132,6 +134,7 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
     collab = tmp_path / "runs" / "lora_collab-s42"
     collab_mtime = (collab / "train_summary.json").stat().st_mtime_ns
     (collab / "results.json").unlink()
+    (tmp_path / "quality" / "lora_collab-s42.json").unlink()  # recorded once evaluated
     (tmp_path / "quality.json").unlink()
     again = resume(ml100k_prepared, tmp_path, env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -147,3 +150,54 @@ def test_a_killed_run_resumes_without_retraining_and_writes_its_result(ml100k_pr
         result["methods"]["lora_collab"]["trainable_parameters"]
         > result["methods"]["lora"]["trainable_parameters"]
     )
+
+    # a fresh checkout (no run directories, only the committed records): --resume assembles
+    # the same result from the records without running anything
+    records = tmp_path / "quality"
+    assert sorted(p.name for p in records.iterdir()) == [
+        "baselines-s42.json",
+        "lora-s42.json",
+        "lora_collab-s42.json",
+    ]
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "quality.json").unlink()
+    fresh = resume(ml100k_prepared, tmp_path, env)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    lines = fresh.stdout.splitlines()
+    assert any(x.startswith("[1/3] lora seed 42: recorded") for x in lines), lines
+    assert any(x.startswith("[2/3] lora_collab seed 42: recorded") for x in lines), lines
+    assert any(x.startswith("[3/3] baselines seed 42: recorded") for x in lines), lines
+    assert not (tmp_path / "runs" / "lora-s42").exists()  # nothing trained
+    from_records = json.loads((tmp_path / "quality.json").read_text())
+    for name in ("lora", "lora_collab", "popularity", "random"):
+        for key in ("metrics", "vs_lora", "vs_lora_collab", "n"):
+            assert from_records["methods"][name][key] == reread["methods"][name][key], (name, key)
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("quality_runner", ROOT / "bench" / "quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_record_is_used_only_under_the_settings_it_was_made_with(tmp_path, capsys):
+    q = load_runner()
+    args = q.parse(["--protocol", "ctr", "--json", str(tmp_path / "q.json"), "--resume"])
+    assert args.records == str(tmp_path / "q")
+    row = {"entry": {"per_sample": {"key": ["a"], "score": [0.5]}}, "train_samples": 2000}
+    q.write_record(args, "graphlora", 42, row)
+    assert q.read_record(args, "graphlora", 42) == row
+    assert q.read_record(args, "graphlora", 43) is None  # another seed: no record
+    for other in (
+        ["--samples", "1000"],
+        ["--eval", "500"],
+        ["train.graphlora.b=1.0"],
+        ["--config", "configs/tiny.yaml"],
+    ):
+        changed = q.parse(["--protocol", "ctr", "--json", str(tmp_path / "q.json"), *other])
+        assert q.read_record(changed, "graphlora", 42) is None, other
+    # another method's overrides: a record is the method's own
+    (tmp_path / "q" / "graphlora-s42.json").rename(tmp_path / "q" / "lora-s42.json")
+    assert q.read_record(args, "lora", 42) is None
+    assert "made under other settings (method)" in capsys.readouterr().out
