@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests need (Prometheus and its Pushgateway for the monitoring tests).
-DEBS   := prometheus prometheus-pushgateway
+# Debian packages the tests need, as command:package (Prometheus and its Pushgateway for the
+# monitoring tests; sshd, ssh and pdsh for the test hosts the cluster tests build).
+DEBS   := prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway \
+          sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client pdsh:pdsh
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install debs lint format unit clean
@@ -29,7 +31,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 debs:
-	@missing=""; for d in $(DEBS); do command -v $$d >/dev/null 2>&1 || missing="$$missing $$d"; done; \
+	@missing=""; for d in $(DEBS); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $${d%%:*} >/dev/null 2>&1 || \
+		case " $$missing " in *" $${d#*:} "*) ;; *) missing="$$missing $${d#*:}";; esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -37,7 +37,9 @@ scores, train seconds, samples, parameters and the commits that made it, with th
 was made under. Records are committed, so the benchmark goes on where it stopped on another
 machine or in a fresh checkout: with ``--resume`` a method whose record was made under the same
 settings (protocol, config, samples, eval, seed, the method's and the command's overrides) is
-read from it and not run again (``recorded``); a record made under other settings is not used.
+read from it and not run again (``recorded``); a record made under other settings (or computed
+in another precision: ``model.dtype: auto`` is bf16 only where the CPU has bf16 kernels) is not
+used.
 
 The result, ``bench/results/quality-<protocol>.json``, holds per method the metrics with 95%
 bootstrap intervals (``[value, low, high]``), the paired differences to plain LoRA
@@ -171,7 +173,20 @@ def settings(args, name: str, seed: int) -> dict:
         "seed": seed,
         "method": METHODS[name] if name in METHODS else sorted(args.baselines),
         "overrides": list(args.overrides),
+        # `model.dtype: auto` computes in bf16 where the CPU has bf16 kernels, else in fp32:
+        # a record made on another machine in another precision is not mixed in
+        "dtype": compute_dtype(args),
     }
+
+
+def compute_dtype(args) -> str:
+    """The precision the LLM methods compute in here (the config's ``model.dtype`` resolved)."""
+    if getattr(args, "dtype", None) is None:
+        from lorarec.core.config import load_config
+
+        overrides = [*PROTOCOLS[args.protocol]["overrides"], *args.overrides]
+        args.dtype = load_config(ROOT / args.config, overrides).model.dtype
+    return args.dtype
 
 
 def record_path(args, name: str, seed: int) -> Path:

@@ -392,6 +392,11 @@ class LaunchConfig:
     master_port: int = num(0, ge=1, le=65535, special=((0, "a free port"),))
     """Rendezvous port of rank 0. 0: a free port on a single node (the printed launcher command
     shows it), 29500 on several nodes."""
+    heartbeat_timeout: float = num(60.0, ge=0, special=((0, "no watch"),))
+    """Seconds a rank may go without a heartbeat (its state file, rewritten every
+    ``heartbeat_timeout / 6`` s, at most 10) before ``lorarec train`` takes its host for lost:
+    it then stops every rank on every host (``RUN_DIR/ranks/stop``) and names the host and the
+    resume command. A rank that fails does the same at once. 0: no watch."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

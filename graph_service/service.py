@@ -269,6 +269,9 @@ def start(partition_dir: Path, opts: ServiceOptions, detached: bool) -> Service:
                 max_restarts=opts.max_restarts,
                 max_task_retries=0,  # the client retries, with backoff
                 num_cpus=opts.cpus_per_shard,
+                # one shard per node before a second on any (several nodes share the load,
+                # and a lost node takes as few shards with it as it can)
+                scheduling_strategy="SPREAD",
             ).remote(str(Path(partition_dir).resolve()), k, opts.verify, metrics(k))
         )
     try:

@@ -65,7 +65,14 @@ class GraphShard:
     # ------------------------------------------------------------------ requests
 
     def ready(self) -> dict[str, Any]:
-        return {"shard": self.shard, "pid": os.getpid(), "started": self.started}
+        from lorarec.core.net import node_address
+
+        return {
+            "shard": self.shard,
+            "pid": os.getpid(),
+            "started": self.started,
+            "node": node_address(),  # the Ray node's address (None outside Ray)
+        }
 
     def metrics_endpoint(self) -> dict[str, Any] | None:
         """Where this shard serves ``/metrics`` (``Endpoint.to_json``), or None."""
@@ -159,6 +166,7 @@ class GraphShard:
             "num_shards": self.num_shards,
             "pid": os.getpid(),
             "started": self.started,
+            "node": self.ready()["node"],
             "num_nodes": self.data.manifest["num_nodes"],
             "num_users": self.data.manifest["num_users"],
             "nodes": int(len(self.nodes)),

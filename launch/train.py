@@ -126,6 +126,17 @@ def active_hosts(cfg: RunConfig, opts: LaunchOptions) -> dict[str, list[int]]:
                 f"launch.ranks_per_node={wanted}; the hostfile's slots (after --include/--exclude) "
                 f"decide the ranks: make them agree"
             )
+    if not opts.no_ssh:  # the launcher reaches each host by its name, over ssh
+        import socket
+
+        for host in active:
+            try:
+                socket.gethostbyname(host)
+            except OSError as exc:
+                raise UsageError(
+                    f"{opts.hostfile}: host {host} does not resolve ({exc.strerror or exc}); "
+                    "the launcher reaches each host over ssh by its name"
+                ) from None
     if opts.node_rank is not None and not 0 <= opts.node_rank < len(active):
         raise UsageError(
             f"--node-rank {opts.node_rank}: {opts.hostfile} gives {len(active)} nodes "
@@ -152,7 +163,16 @@ def rank_environment(cfg: RunConfig) -> dict[str, str]:
     for key in ("LORAREC_HOME", "HF_HOME", "HF_HUB_OFFLINE"):
         if key in os.environ:
             env[key] = os.environ[key]
+    from lorarec.core.ranks import HEARTBEAT_ENV
+
+    # also without a watch (timeout 0): the same thread reads RUN_DIR/ranks/stop
+    env[HEARTBEAT_ENV] = f"{heartbeat_interval(cfg.launch.heartbeat_timeout or 30):g}"
     return env
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """Seconds between a rank's heartbeats: six to a timeout, at most 10 s, at least 0.2 s."""
+    return min(10.0, max(0.2, timeout / 6))
 
 
 def master_port(cfg: RunConfig, opts: LaunchOptions) -> int:
@@ -239,6 +259,14 @@ def failed_ranks(run_dir: Path, rc: int) -> str:
     import psutil
 
     parts = []
+    from lorarec.core.ranks import STOP_FILE
+
+    stop = run_dir / "ranks" / STOP_FILE
+    if stop.is_file():  # the job was ended by lorarec train's watch: why, first
+        try:
+            parts.append(json.loads(stop.read_text())["reason"])
+        except (OSError, ValueError, KeyError):
+            pass
     # deepspeed exits with a killed rank's negative return code: 256 - signal (247: SIGKILL)
     num = -rc if rc < 0 else 256 - rc if rc > 192 else rc - 128 if rc > 128 else 0
     if num in {s.value for s in signal.Signals}:
@@ -355,11 +383,166 @@ def _stop_tree(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
-def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path, grace: float = 30.0) -> int:
+class RankWatch:
+    """Watches the ranks' state files (``RUN_DIR/ranks``, on storage every node shares) while
+    the launcher runs: a rank whose heartbeat counter has not moved for ``timeout`` seconds
+    (measured by this process's clock, so the hosts' clocks need not agree) means its host is
+    lost; a rank in state ``failed`` means the job cannot go on. Either way the job is ended on
+    every host: ``RUN_DIR/ranks/stop`` (each rank's heartbeat thread sees it and stops the
+    rank), then the local launcher tree (pdsh and its ssh sessions). The deepspeed launcher
+    alone would wait for the lost host's ssh session, and the other hosts' ranks would wait in
+    a collective, for as long as the network's timeouts last."""
+
+    def __init__(self, run_dir: Path, timeout: float, hosts: list[str] | None = None):
+        self.run_dir, self.timeout = run_dir, timeout
+        self.hosts = hosts or []
+        self.seen: dict[int, tuple[int, float]] = {}
+        self.lost: set[int] = set()
+        self.reason: str | None = None
+
+    def states(self) -> list[dict]:
+        import json
+
+        out = []
+        for path in sorted((self.run_dir / "ranks").glob("rank-*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # being replaced
+                continue
+        return out
+
+    def host_of(self, st: dict) -> str:
+        """The hostfile's name of the host a rank ran on (by its address), else its node."""
+        import socket
+
+        for host in self.hosts:
+            try:
+                if st.get("addr") and socket.gethostbyname(host) == st["addr"]:
+                    return host
+            except OSError:
+                continue
+        return f"node {st.get('node', '?')}" + (f" ({st['addr']})" if st.get("addr") else "")
+
+    def check(self, now: float | None = None) -> str | None:
+        """Why the job must end now (None: it may go on)."""
+        import time
+
+        now = time.monotonic() if now is None else now
+        stale: dict[str, list[int]] = {}
+        for st in self.states():
+            rank = int(st["rank"])
+            if st.get("state") in ("failed", "terminated") and self.hosts:
+                # on one host deepspeed's launcher ends the other ranks; across hosts, this
+                detail = f" ({st['detail'][:200]})" if st.get("detail") else ""
+                return f"rank {rank} {st['state']} on {self.host_of(st)}{detail}"
+            if st.get("state") != "running":
+                continue
+            beat = int(st.get("beat", 0))
+            prev = self.seen.get(rank)
+            if prev is None or prev[0] != beat:
+                self.seen[rank] = (beat, now)
+            elif now - prev[1] > self.timeout:
+                stale.setdefault(self.host_of(st), []).append(rank)
+        if not stale:
+            return None
+        self.lost = {r for ranks in stale.values() for r in ranks}
+        return "; ".join(
+            f"host {host} lost (rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}: no "
+            f"heartbeat for {self.timeout:g} s)"
+            for host, r in stale.items()
+        )
+
+    def end_job(self, reason: str) -> None:
+        """Ask every rank on every host to stop (``RUN_DIR/ranks/stop``, with the reason)."""
+        from lorarec.core.io import write_json_atomic
+        from lorarec.core.ranks import STOP_FILE
+
+        self.reason = reason
+        write_json_atomic(self.run_dir / "ranks" / STOP_FILE, {"reason": reason})
+
+
+def watch_ranks(
+    proc: subprocess.Popen, watch: RankWatch, remote: bool = False, poll: float = 0.5
+) -> None:
+    """The body of the watcher thread: end the job (see :class:`RankWatch`) when a host is lost
+    or a rank failed, waiting a few heartbeats for the ranks that are left to stop themselves
+    before the launcher tree is stopped here."""
+    import time
+
+    while proc.poll() is None:
+        reason = watch.check()
+        if reason is None:
+            time.sleep(poll)
+            continue
+        watch.end_job(reason)
+        wait_for_ranks(proc, watch.run_dir, 3 * heartbeat_interval(watch.timeout) + 5, watch.lost)
+        if proc.poll() is None:
+            _stop_launcher(proc, grace=10, remote=remote)
+        return
+
+
+def wait_for_ranks(
+    proc: subprocess.Popen, run_dir: Path, seconds: float, lost: set[int] = frozenset()
+) -> None:
+    """Wait up to ``seconds`` for every rank but ``lost`` to leave state ``running`` (or the
+    launcher to end)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline:
+        left = {
+            int(st["rank"]) for st in RankWatch(run_dir, 0).states() if st.get("state") == "running"
+        }
+        if left <= lost:
+            return
+        time.sleep(0.5)
+
+
+def _stop_launcher(proc: subprocess.Popen, grace: float, remote: bool) -> None:
+    """Stop the launcher and its ranks. On one host: SIGTERM to the launcher tree
+    (:func:`_stop_tree`). Launched over ssh (pdsh), the ranks on the other hosts are not in
+    this tree: they are asked to stop through ``RUN_DIR/ranks/stop`` (see ``RankStatus``), and
+    the launcher is killed without a signal it handles: on SIGTERM or SIGINT DeepSpeed's pdsh
+    runner runs ``pkill -f "<python> -u -m deepspeed.launcher.launch"`` on every host, which
+    ends every deepspeed job on those hosts started with the same Python, other runs too."""
+    if not remote:
+        _stop_tree(proc, grace)
+        return
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)  # pdsh, its ssh sessions
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.kill()
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+def run_launcher(
+    cmd: list[str],
+    env: dict[str, str],
+    run_dir: Path,
+    grace: float = 30.0,
+    watch: RankWatch | None = None,
+    remote: bool = False,
+) -> int:
     """Run the deepspeed launcher and return its exit code. SIGTERM, SIGHUP or Ctrl-C to
     ``lorarec train`` stop the launcher and every rank first (:class:`Stopped` is raised then);
     if ``lorarec train`` itself is killed, its local ranks stop within a second and the launcher
-    ends with them."""
+    ends with them. With ``watch``, a lost host or a failed rank ends the job on every host
+    (:class:`RankWatch`). ``remote``: the launcher reaches hosts over ssh (pdsh); stopping then
+    goes through ``RUN_DIR/ranks/stop`` (:func:`_stop_launcher`)."""
     me = os.getpid()
     full_env = {
         **os.environ,
@@ -376,13 +559,30 @@ def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path, grace: floa
     # (no preexec_fn: this process has threads; the ranks watch it instead, see
     # watch_train_process, and the launcher ends once its ranks have)
     proc = subprocess.Popen(cmd, env=full_env, start_new_session=True)
+    if watch is not None:
+        import threading
+
+        threading.Thread(
+            target=watch_ranks,
+            args=(proc, watch, remote),
+            name="lorarec-rank-watch",
+            daemon=True,
+        ).start()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         return proc.wait()
     except Stopped:
         for s in previous:  # a second signal does not interrupt the stopping
             signal.signal(s, signal.SIG_IGN)
-        _stop_tree(proc, grace)
+        if remote:  # the ranks on every host stop themselves, then the launcher is killed
+            from lorarec.core.io import write_json_atomic
+            from lorarec.core.ranks import STOP_FILE
+
+            stop = run_dir / "ranks" / STOP_FILE
+            if not stop.exists():
+                write_json_atomic(stop, {"reason": "lorarec train was stopped"})
+            wait_for_ranks(proc, run_dir, grace)
+        _stop_launcher(proc, grace, remote)
         raise
     finally:
         for s, handler in previous.items():
@@ -616,7 +816,12 @@ def launch_ranks(
     start = time.perf_counter()
     out = Launched(run_dir, 0, 0.0, main_node=main_node)
     try:
-        out.rc = run_launcher(cmd, env, run_dir)
+        watch = None
+        if cfg.launch.heartbeat_timeout > 0 and main_node:
+            hosts = list(active_hosts(cfg, opts)) if opts.hostfile else None
+            watch = RankWatch(run_dir, cfg.launch.heartbeat_timeout, hosts)
+        remote = bool(opts.hostfile) and not opts.no_ssh and opts.launcher in (None, "pdsh")
+        out.rc = run_launcher(cmd, env, run_dir, watch=watch, remote=remote)
     except Stopped as exc:  # every rank has been stopped; end the rest, then say so
         out.stopped, out.rc = exc, exc.exit_code
     finally:

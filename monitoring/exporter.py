@@ -76,8 +76,14 @@ class Endpoint:
 
 
 def announced_host(bind_host: str) -> str:
-    """The address others scrape: the bound one, or the host name when bound to all."""
-    return socket.gethostname() if bind_host in ANY_ADDRESS else bind_host
+    """The address others scrape: the bound one; when bound to all, this host's address as the
+    run's other hosts reach it (:func:`lorarec.core.net.node_address`: its Ray node address,
+    or the route to the rank-0 host), else the host name (which may resolve to loopback)."""
+    if bind_host not in ANY_ADDRESS:
+        return bind_host
+    from lorarec.core.net import node_address
+
+    return node_address() or socket.gethostname()
 
 
 def process_memory_bytes() -> dict[str, int]:

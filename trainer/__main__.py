@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lorarec.core.config import load_config
 from lorarec.core.errors import LorarecError
+from lorarec.core.ranks import HEARTBEAT_ENV, STOP_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +59,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class RankStatus:
-    """``RUN_DIR/ranks/rank-<r>.json``: this rank's pid, host and state (running, done, failed,
-    terminated). A rank that died without a word (SIGKILL, out of memory) stays ``running`` with
-    a pid that is gone: ``lorarec train`` names it after a failed run."""
+    """``RUN_DIR/ranks/rank-<r>.json``: this rank's pid, host, node, address and state (running,
+    done, failed, terminated). A rank that died without a word (SIGKILL, out of memory) stays
+    ``running`` with a pid that is gone: ``lorarec train`` names it after a failed run.
+
+    While running, a daemon thread rewrites the file every ``LORAREC_HEARTBEAT_SECONDS`` with
+    its ``beat`` counter advanced: ``lorarec train``, which may run on another host (the run
+    directory is on storage every node shares), takes a rank whose counter stops for
+    ``launch.heartbeat_timeout`` for a lost host. The same thread ends the rank (SIGTERM) once
+    ``RUN_DIR/ranks/stop`` exists: how ``lorarec train`` ends ranks it did not start itself
+    (those on other hosts, started over ssh)."""
 
     def __init__(self, run_dir: Path, rank: int):
         import signal
         import socket
+        import threading
+
+        from lorarec.core.net import node_address
 
         self.path = run_dir / "ranks" / f"rank-{rank}.json"
-        self.base = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
+        self.stop_path = run_dir / "ranks" / STOP_FILE
+        self.base = {
+            "rank": rank,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": int(os.environ.get("CROSS_RANK") or 0),
+            "addr": node_address(),
+        }
+        self.beat = 0
+        self.state, self.detail = "running", ""
+        self.lock = threading.RLock()  # the SIGTERM handler may write while the thread does
         self.write("running")
 
         def terminated(signum, frame):
@@ -76,16 +97,45 @@ class RankStatus:
             os.kill(os.getpid(), signum)
 
         signal.signal(signal.SIGTERM, terminated)
+        interval = float(os.environ.get(HEARTBEAT_ENV) or 0)
+        if interval > 0:
+            threading.Thread(
+                target=self._beat, args=(interval,), name="lorarec-heartbeat", daemon=True
+            ).start()
+
+    def _beat(self, interval: float) -> None:
+        import signal
+        import time
+
+        while True:
+            time.sleep(interval)
+            if self.stop_path.exists():
+                # the main thread may be waiting in a collective for a rank that is gone, where
+                # a Python signal handler never runs: record the end here, ask politely, then
+                # end the process from this thread
+                self.write("terminated", "the job was ended (RUN_DIR/ranks/stop)")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                os._exit(128 + signal.SIGTERM)
+            with self.lock:
+                if self.state != "running":
+                    return
+                self.beat += 1
+                self.write("running")
 
     def write(self, state: str, detail: str = "") -> None:
         from lorarec.core.io import write_json_atomic
 
-        try:
-            write_json_atomic(self.path, {**self.base, "state": state, "detail": detail})
-        except OSError as exc:  # a full disk: the run's own error matters more; say so
-            print(
-                f"[rank {self.base['rank']}] could not record state {state}: {exc}", file=sys.stderr
-            )
+        with self.lock:
+            self.state, self.detail = state, detail
+            record = {**self.base, "state": state, "detail": detail, "beat": self.beat}
+            try:
+                write_json_atomic(self.path, record)
+            except OSError as exc:  # a full disk: the run's own error matters more; say so
+                print(
+                    f"[rank {self.base['rank']}] could not record state {state}: {exc}",
+                    file=sys.stderr,
+                )
 
 
 if __name__ == "__main__":

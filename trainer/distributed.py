@@ -116,6 +116,34 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def choose_gloo_interface(env) -> str | None:
+    """Across hosts, gloo must announce an address the other hosts reach. By default it uses
+    the address this host's name resolves to, which is often loopback (``127.0.1.1 host`` in
+    ``/etc/hosts``): the other hosts' ranks then connect to themselves and the group never
+    forms. Unless ``GLOO_SOCKET_IFNAME`` is set, it is set to the interface that routes to
+    ``MASTER_ADDR``, the one every rank reaches. On one machine (a loopback master) nothing
+    changes. Returns the interface chosen."""
+    import ipaddress
+    import socket
+
+    if env.get("GLOO_SOCKET_IFNAME") or not env.get("MASTER_ADDR"):
+        return None
+    try:
+        master = socket.gethostbyname(env["MASTER_ADDR"])
+    except OSError:
+        return None  # init_process_group names the unresolvable address
+    if ipaddress.ip_address(master).is_loopback:
+        return None
+    from lorarec.core.net import route_interface
+
+    found = route_interface(master, int(env.get("MASTER_PORT") or 9))
+    if found is None:
+        return None
+    env["GLOO_SOCKET_IFNAME"] = found[0]
+    log.info("gloo: interface %s (%s), the route to MASTER_ADDR %s", *found, master)
+    return found[0]
+
+
 class DeepSpeedStrategy:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -137,6 +165,8 @@ class DeepSpeedStrategy:
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        if backend == "gloo":
+            choose_gloo_interface(os.environ)
         deepspeed.init_distributed(dist_backend=backend)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
