@@ -303,15 +303,20 @@ def query_many(url: str, expr: str, at: float) -> dict[str, float]:
     return {s["metric"]["instance"]: float(s["value"][1]) for s in body["data"]["result"]}
 
 
-def shard_nodes(c: TestCluster, head: str, env: dict) -> list[str]:
-    """The address of the Ray node each graph shard runs on, in shard order."""
+def shard_nodes(c: TestCluster, head: str, env: dict) -> list[str | None]:
+    """The address of the Ray node each graph shard runs on, in shard order (None: a shard
+    that does not answer, being restarted)."""
     script = (
         "import json, ray\n"
         "from lorarec.graph_service import service\n"
         f"ray.init(address={head!r}, logging_level='ERROR')\n"
         "(ns,) = service.services()\n"
-        "hs = service.shard_handles(ns)\n"
-        "print(json.dumps([r['node'] for r in ray.get([h.ready.remote() for h in hs])]))\n"
+        "def node(h):\n"
+        "    try:\n"
+        "        return ray.get(h.ready.remote(), timeout=10)['node']\n"
+        "    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):\n"
+        "        return None  # being restarted\n"
+        "print(json.dumps([node(h) for h in service.shard_handles(ns)]))\n"
     )
     out = c.run(0, [sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
