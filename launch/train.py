@@ -126,23 +126,27 @@ def active_hosts(cfg: RunConfig, opts: LaunchOptions) -> dict[str, list[int]]:
                 f"launch.ranks_per_node={wanted}; the hostfile's slots (after --include/--exclude) "
                 f"decide the ranks: make them agree"
             )
-    if not opts.no_ssh:  # the launcher reaches each host by its name, over ssh
-        import socket
-
-        for host in active:
-            try:
-                socket.gethostbyname(host)
-            except OSError as exc:
-                raise UsageError(
-                    f"{opts.hostfile}: host {host} does not resolve ({exc.strerror or exc}); "
-                    "the launcher reaches each host over ssh by its name"
-                ) from None
     if opts.node_rank is not None and not 0 <= opts.node_rank < len(active):
         raise UsageError(
             f"--node-rank {opts.node_rank}: {opts.hostfile} gives {len(active)} nodes "
             f"(node ranks 0..{len(active) - 1})"
         )
     return dict(active)
+
+
+def check_hosts_resolve(hosts, hostfile: str) -> None:
+    """Over ssh the launcher reaches each host by its name: one that does not resolve is one
+    error naming it, before anything starts (not in ``--dry-run``, which contacts nothing)."""
+    import socket
+
+    for host in hosts:
+        try:
+            socket.gethostbyname(host)
+        except OSError as exc:
+            raise UsageError(
+                f"{hostfile}: host {host} does not resolve ({exc.strerror or exc}); the "
+                "launcher reaches each host over ssh by its name"
+            ) from None
 
 
 def accelerator(cfg: RunConfig) -> str:
@@ -786,6 +790,8 @@ def launch_ranks(
     :class:`Stopped` naming ``again``, the command that continues the job."""
     from lorarec.launch import monitor as M
 
+    if opts.hostfile and not opts.no_ssh:
+        check_hosts_resolve(active_hosts(cfg, opts), opts.hostfile)
     service_env, service = graph_service_for_run(cfg, data, ray_address, bool(opts.hostfile))
     if service is not None:
         print(

@@ -49,7 +49,6 @@ def eval_cmd(config_run, out, *args):
         "--out",
         str(out),
         "--quiet",
-        f"launch.master_port={free_port()}",
         f"out={out}",
         *args,
     ], cfg

@@ -138,7 +138,9 @@ def test_a_70b_wide_layer_trains_exports_and_fits_the_plan(ml100k_prepared, tmp_
         ranks = json.loads((run / "llm_results.json").read_text())
         assert ranks["world_size"] == 2 and len(ranks["raw"]["key"]) == 3
         scores = ranks["raw"]["score"]
-        assert all(0 < p < 1 for p in scores)
+        # probabilities (a random 70B-wide layer's answer likelihoods differ by tens of nats,
+        # so P(Yes) saturates at exactly 0 or 1 even in fp32: measured 1.0, 1.0, 1.0 in bf16)
+        assert all(0.0 <= p <= 1.0 for p in scores)
         for mem in ranks["memory_per_rank"]:
             # bf16: 2 bytes a parameter, half of them on each of the 2 ranks
             assert mem["param_bytes"] == pytest.approx(summary["parameters"], rel=0.02)
