@@ -109,6 +109,8 @@ class RankStatus:
 
         while True:
             time.sleep(interval)
+            if self.state != "running":  # done, failed or terminated: nothing to watch
+                return
             if self.stop_path.exists():
                 # the main thread may be waiting in a collective for a rank that is gone, where
                 # a Python signal handler never runs: record the end here, ask politely, then
