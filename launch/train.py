@@ -269,8 +269,8 @@ def failed_ranks(run_dir: Path, rc: int) -> str:
     if stop.is_file():  # the job was ended by lorarec train's watch: why, first
         try:
             parts.append(json.loads(stop.read_text())["reason"])
-        except (OSError, ValueError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError) as exc:  # said, not dropped
+            parts.append(f"ended by lorarec train ({stop}: unreadable reason: {exc})")
     # deepspeed exits with a killed rank's negative return code: 256 - signal (247: SIGKILL)
     num = -rc if rc < 0 else 256 - rc if rc > 192 else rc - 128 if rc > 128 else 0
     if num in {s.value for s in signal.Signals}:
