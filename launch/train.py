@@ -363,30 +363,6 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-def _stop_tree(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the launcher and every process under it, then SIGKILL whatever of the tree is
-    left after ``grace`` seconds."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:  # the launcher stops its ranks; the ranks record that they were stopped
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    proc.wait()
-
-
 class RankWatch:
     """Watches the ranks' state files (``RUN_DIR/ranks``, on storage every node shares) while
     the launcher runs: a rank whose heartbeat counter has not moved for ``timeout`` seconds
@@ -502,23 +478,25 @@ def wait_for_ranks(
         time.sleep(0.5)
 
 
-def _stop_launcher(proc: subprocess.Popen, grace: float, remote: bool) -> None:
-    """Stop the launcher and its ranks. On one host: SIGTERM to the launcher tree
-    (:func:`_stop_tree`). Launched over ssh (pdsh), the ranks on the other hosts are not in
-    this tree: they are asked to stop through ``RUN_DIR/ranks/stop`` (see ``RankStatus``), and
-    the launcher is killed without a signal it handles: on SIGTERM or SIGINT DeepSpeed's pdsh
-    runner runs ``pkill -f "<python> -u -m deepspeed.launcher.launch"`` on every host, which
-    ends every deepspeed job on those hosts started with the same Python, other runs too."""
-    if not remote:
-        _stop_tree(proc, grace)
-        return
+def _stop_launcher(proc: subprocess.Popen, grace: float, remote: bool = False) -> None:
+    """Stop the launcher and every process under it: SIGTERM, then SIGKILL whatever is left
+    after ``grace`` seconds. ``remote`` (launched over ssh with pdsh): the ranks on the other
+    hosts are not in this tree; they are asked to stop through ``RUN_DIR/ranks/stop`` (see
+    ``RankStatus``), and the launcher itself is killed first with SIGKILL, a signal it cannot
+    handle: on SIGTERM or SIGINT DeepSpeed's pdsh runner runs ``pkill -f "<python> -u -m
+    deepspeed.launcher.launch"`` on every host, which ends every deepspeed job on those hosts
+    started with the same Python, other runs too."""
     import psutil
 
     try:
-        tree = psutil.Process(proc.pid).children(recursive=True)  # pdsh, its ssh sessions
+        children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        tree = []
-    proc.kill()
+        children = []
+    if remote:
+        proc.kill()
+        tree = children  # pdsh, its ssh sessions
+    else:  # the launcher stops its ranks; the ranks record that they were stopped
+        tree = [psutil.Process(proc.pid), *children] if proc.poll() is None else children
     for p in tree:
         try:
             p.terminate()
@@ -530,6 +508,7 @@ def _stop_launcher(proc: subprocess.Popen, grace: float, remote: bool) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=10)
     proc.wait()
 
 
