@@ -4,8 +4,9 @@
 configuration (SmolLM2-135M-Instruct + PEFT LoRA, rank 8 on q/v, a micro-batch of real ML-100K
 training prompts), with logits over the whole sequence (before) and only from the position
 before the earliest answer token (after, what the trainer does), round-robin in one process,
-the fastest of ``--rounds``. Samples/s and MFU (4 FLOP per frozen and 6 per trainable parameter
-per token, against the fp32 matmul rate measured here, as the trainer reports it).
+the fastest of ``--rounds``. Samples/s and MFU as the trainer reports them (the weight matmuls'
+FLOPs, :class:`~lorarec.trainer.recipe.StepFlops`, against one core's matmul rate in the step's
+dtype times the threads, :func:`~lorarec.trainer.recipe.measure_matmul_peak`).
 
 ``grouping``: ``--window`` steps of the demo's training stream (2 ranks x 2 samples) as drawn
 and grouped by length (``train.group_by_length``: the same samples), every micro-batch's
@@ -118,7 +119,7 @@ def bench_step(args) -> dict:
 
     from lorarec.trainer.backbone import describe_backbone
     from lorarec.trainer.batching import answer_logits_to_keep, answer_token_loss_sum, collate
-    from lorarec.trainer.recipe import measure_matmul_peak
+    from lorarec.trainer.recipe import StepFlops, measure_matmul_peak
 
     cfg, data, model, tok, builder = setup(args)
     samples = data.samples("train")[: args.batch]
@@ -148,9 +149,7 @@ def bench_step(args) -> dict:
     for _ in range(args.rounds):
         for name, v in variants.items():
             times[name].append(step(*v))
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops_per_token = 4 * (n_params - n_trainable) + 6 * n_trainable
+    flops = StepFlops.of(model)
     peak = measure_matmul_peak(torch.float32, torch.device("cpu"))
     peak_bf16 = measure_matmul_peak(torch.bfloat16, torch.device("cpu")) if bf16 else None
     tokens = int(batch["attention_mask"].sum())
@@ -170,10 +169,12 @@ def bench_step(args) -> dict:
     }
     for name, t in times.items():
         best = min(t)
+        keep = variants[name][1]
+        rows = tokens if keep is None else keep * args.batch  # rows of the vocabulary projection
         out["variants"][name] = {
             "step_seconds": best,
             "samples_per_s": args.batch / best,
-            "mfu": tokens / best * flops_per_token / (peak_bf16 if "bf16" in name else peak),
+            "mfu": flops(tokens, rows) / best / (peak_bf16 if "bf16" in name else peak),
             "all_seconds": t,
         }
     v = out["variants"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +72,80 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.5) -> float:
     """The FLOP/s a large matmul reaches on this rank, the MFU denominator. On a GPU, by the
-    wall clock; on the CPU, per second of CPU time the process spent, times its compute
-    threads: the rate of the cores it runs on, which other processes sharing them do not lower
-    (by the wall clock, a busy machine measured a low peak, and steps that later ran alone
-    reported an MFU above 1)."""
+    wall clock. On the CPU, one core's rate times the rank's compute threads: one thread
+    multiplies, timed by the CPU time it spent, so other processes sharing the cores do not
+    lower it (by the wall clock, a busy machine measured a low peak and steps that later ran
+    alone reported an MFU above 1), and neither do the threads of a parallel matmul spinning
+    at their barriers (CPU time too: two threads on a busy machine measured 60% of the
+    per-core rate, and the fp32 MFU read above 1)."""
     n = 1024
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm-up
-    iters, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        iters += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return 2 * n**3 * iters / (time.perf_counter() - start)
-    cpu = max(time.process_time() - cpu_start, 1e-9)
-    return 2 * n**3 * iters / cpu * torch.get_num_threads()
+    threads = torch.get_num_threads()
+    if device.type != "cuda":
+        torch.set_num_threads(1)
+    try:
+        a @ b  # warm-up
+        iters, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            iters += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            return 2 * n**3 * iters / (time.perf_counter() - start)
+        cpu = max(time.process_time() - cpu_start, 1e-9)
+    finally:
+        if device.type != "cuda":
+            torch.set_num_threads(threads)
+    return 2 * n**3 * iters / cpu * threads
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """The weight-matmul FLOPs of a training step (the MFU numerator): per token, 4 per frozen
+    weight matrix entry (forward, and backward to the activations) and 6 per trainable one (plus
+    the weight gradient); embedding tables are lookups and norms are elementwise, no FLOPs;
+    the vocabulary projection runs only at the positions whose logits are kept
+    (``logits_to_keep``). Attention scores are not counted, so the MFU is a lower bound.
+    ``tests/test_step_flops.py`` checks it against the FLOPs torch counts."""
+
+    body_frozen: int  # frozen weight matrix entries multiplied at every token
+    body_trainable: int
+    head: int  # the vocabulary projection's parameters
+    head_trainable: bool = False
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> StepFlops:
+        def numel(p) -> int:
+            return getattr(p, "ds_numel", None) or p.numel()
+
+        head_w = None
+        for m in model.modules():  # the backbone (a PEFT wrapper does not expose its head)
+            get = getattr(m, "get_output_embeddings", None)
+            if callable(get) and isinstance(get(), torch.nn.Linear):
+                head_w = get().weight
+                break
+        lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        frozen = trainable = 0
+        for p in model.parameters():  # a tied head is one parameter, counted once (as head)
+            if p is head_w or id(p) in lookups or len(getattr(p, "ds_shape", p.shape)) < 2:
+                continue  # the head, embedding tables, norms' and biases' vectors
+            if p.requires_grad:
+                trainable += numel(p)
+            else:
+                frozen += numel(p)
+        return cls(
+            frozen,
+            trainable,
+            0 if head_w is None else numel(head_w),
+            head_w is not None and head_w.requires_grad,
+        )
+
+    def __call__(self, tokens: float, logit_rows: float) -> float:
+        per_head = 6 if self.head_trainable else 4
+        return tokens * (4 * self.body_frozen + 6 * self.body_trainable) + (
+            logit_rows * per_head * self.head
+        )
 
 
 def process_memory() -> dict[str, int]:
@@ -188,7 +246,7 @@ class LoraRecipe:
         timer("engine")
         self.param_bytes = s.parameter_bytes(s.module)
         self.n_params, self.n_trainable = s.count_parameters()
-        self.flops_per_token = 4 * (self.n_params - self.n_trainable) + 6 * self.n_trainable
+        self.flops = StepFlops.of(s.module)
         self.peak_flops = measure_matmul_peak(next(s.module.parameters()).dtype, s.device)
         timer("peak flops")
         self.global_step, self.epoch, self.step_in_epoch = 0, 0, 0
@@ -376,16 +434,17 @@ class LoraRecipe:
         step_answer_tokens = sum(
             self.builder.num_answer_tokens(x) for slot in step.slots for x in slot
         )
-        loss_sum = tokens = 0.0
+        loss_sum = tokens = logit_rows = 0.0
         for batch, cond in batches:
             batch = {k: v.to(s.device) for k, v in batch.items()}
             extra = {} if cond is None else {"conditioning": cond.to(s.device)}
             # logits only from the position before the first answer token on: the vocabulary
             # projection of the prompts is never needed
+            keep = answer_logits_to_keep(batch["labels"])
             logits = s.forward(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
-                logits_to_keep=answer_logits_to_keep(batch["labels"]),
+                logits_to_keep=keep,
                 **extra,
             ).logits
             micro_loss = answer_token_loss_sum(logits, batch["labels"])
@@ -395,8 +454,9 @@ class LoraRecipe:
             s.step()
             loss_sum += float(micro_loss.detach())
             tokens += float(batch["attention_mask"].sum())
+            logit_rows += keep * batch["input_ids"].shape[0]
         grad_norm = s.grad_norm()
-        loss_total, tokens_total = s.all_reduce_sum([loss_sum, tokens])
+        loss_total, tokens_total, rows_total = s.all_reduce_sum([loss_sum, tokens, logit_rows])
         seconds = time.perf_counter() - since
         self.samples_seen += step.num_samples
         self.tokens_seen += int(tokens_total)
@@ -417,7 +477,7 @@ class LoraRecipe:
             "graph_retries": self.client.retried if self.client is not None else 0,
             "tokens_per_s": tokens_per_s,
             "samples_per_s": step.num_samples / seconds,
-            "mfu": tokens_per_s / s.world_size * self.flops_per_token / self.peak_flops,
+            "mfu": self.flops(tokens_total, rows_total) / seconds / s.world_size / self.peak_flops,
             "param_bytes_per_rank": self.param_bytes,
             **process_memory(),
         }
