@@ -3,8 +3,10 @@ that plain LoRA's collab tokens (``train.lora.collab_tokens``) embed, propagated
 
 The reference pre-trains matrix factorisation; here BPR-trained LightGCN (default) or MF on the
 training graph only (users ``0..U-1``, items ``U..``), full-graph propagation with
-``D^-1/2 A D^-1/2``. On data without user ids the graph is an item-item transition graph: the
-positives are its edges (an item and the item that followed it), the negatives random items. The result (the layer-0 embeddings, which the adapter's own graph network
+``D^-1/2 A D^-1/2``; or, on a CTR task, ``label_mf``: a logistic MF trained on the like labels
+(:func:`label_mf_embeddings`). On data without user ids the graph is an item-item transition
+graph: the positives are its edges (an item and the item that followed it), the negatives
+random items. The result (the layer-0 embeddings, which the adapter's own graph network
 propagates) is cached in ``$LORAREC_HOME/collab/<key>``, keyed by the prepared data's manifest
 and the settings, and computed once in the launching process, before the ranks start.
 """
@@ -96,12 +98,9 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
     from lorarec.core.errors import AssetError
     from lorarec.core.io import atomic_path
 
-    settings = {
-        "kind": graph_cfg.init,
-        "dim": graph_cfg.node_dim,
-        "epochs": graph_cfg.init_epochs,
-        "seed": seed,
-    }
+    settings = {"kind": graph_cfg.init, "dim": graph_cfg.node_dim, "seed": seed}
+    if graph_cfg.init != "label_mf":  # label_mf: the mf baseline's schedule (early stopping)
+        settings["epochs"] = graph_cfg.init_epochs
     if graph_cfg.init == "lightgcn":  # the propagation depth BPR trains through
         settings["layers"] = graph_cfg.layers
     path = data.cache_dir("collab", data.cache_key(task=data.task, **settings))
@@ -110,25 +109,54 @@ def ensure_collab_embeddings(data, graph_cfg, seed: int, create: bool = True) ->
         return load_file(str(file))["embeddings"]
     if not create:
         raise AssetError(f"collaborative embeddings missing from {path}")
-    indptr, indices = data.graph()
-    emb, summary = train_collaborative(
-        indptr,
-        indices,
-        data.num_users,
-        graph_cfg.node_dim,
-        kind=graph_cfg.init,
-        epochs=graph_cfg.init_epochs,
-        layers=graph_cfg.layers,
-        seed=seed,
-    )
+    if graph_cfg.init == "label_mf":
+        emb, summary = label_mf_embeddings(data, graph_cfg.node_dim, seed)
+    else:
+        indptr, indices = data.graph()
+        emb, summary = train_collaborative(
+            indptr,
+            indices,
+            data.num_users,
+            graph_cfg.node_dim,
+            kind=graph_cfg.init,
+            epochs=graph_cfg.init_epochs,
+            layers=graph_cfg.layers,
+            seed=seed,
+        )
     with atomic_path(path, keep_existing=True) as tmp:
         tmp.mkdir()
         save_file({"embeddings": emb.astype(np.float32)}, str(tmp / "embeddings.safetensors"))
         (tmp / "summary.json").write_text(json.dumps({**settings, **summary}, indent=1))
-    log.info(
-        "collaborative %s embeddings: BPR loss %.4f", graph_cfg.init, summary["final_bpr_loss"]
-    )
+    log.info("collaborative %s embeddings: %s", graph_cfg.init, summary)
     return emb.astype(np.float32)
+
+
+def label_mf_embeddings(data, dim: int, seed: int) -> tuple[np.ndarray, dict]:
+    """``train.graph.init: label_mf`` on a CTR task: the node embeddings of a logistic MF
+    trained on the train split's like labels (the ``mf`` baseline's model and schedule, width
+    ``dim - 1``), each row its factor vector and its bias (users ``0..U-1``, items ``U..``):
+    what a user likes rather than what they interacted with. It is trained on every training
+    pair's label, the LLM's training samples included; the MF's L2 and its early stopping on
+    the valid split bound how much of a training label it keeps."""
+    from dataclasses import replace
+
+    from lorarec.classic.ctr_models import MF_SETTINGS, ensure_ctr_model
+    from lorarec.core.errors import ConfigError
+
+    train = data.samples("train")
+    if not train or "label" not in train[0]:
+        raise ConfigError(
+            f"train.graph.init: label_mf needs like labels (a ctr task), data.task is {data.task}"
+        )
+    if data.num_users < 1:
+        raise ConfigError("train.graph.init: label_mf needs user ids (a user-item graph)")
+    settings = replace(MF_SETTINGS, dim=dim - 1, seed=seed)
+    model, _, summary = ensure_ctr_model(data, "mf", settings, lambda: train)
+    with torch.no_grad():
+        users = torch.cat([model.user_vec.weight, model.user_bias.weight], 1)[1:]  # row 0: none
+        items = torch.cat([model.item_vec.weight, model.item_bias.weight], 1)
+        emb = torch.cat([users, items]).float().numpy()
+    return emb, {"mf": summary}
 
 
 def propagated_embeddings(

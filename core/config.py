@@ -259,8 +259,9 @@ class GraphSettings:
         metadata={"range": Range(ge=1, special=((-1, "all"),)), "items": (1, None, None)},
     )
     """Neighbours kept per node at each hop of the batch's sampled subgraph (-1: all)."""
-    init: Literal["lightgcn", "mf", "random"] = "lightgcn"
-    """Node embeddings start from a collaborative model pre-trained on the training graph."""
+    init: Literal["lightgcn", "mf", "label_mf", "random"] = "lightgcn"
+    """Node embeddings start from a collaborative model pre-trained on the training graph (BPR
+    LightGCN or MF), or, on a CTR task, from a logistic MF trained on its like labels."""
     init_epochs: int = num(20, ge=1)
     text_features: bool = False
     """Concatenate MiniLM embeddings of the item titles to the node embeddings."""
@@ -691,7 +692,13 @@ def check_adapter(cfg: RunConfig, src: Source | str) -> None:
         fail(
             ("train", "graph", "init"),
             "train.lora.collab_tokens embeds pre-trained collaborative embeddings: "
-            "train.graph.init must be lightgcn or mf, got random",
+            "train.graph.init must be lightgcn, mf or label_mf, got random",
+        )
+    if t.graph.init == "label_mf" and not cfg.data.task.startswith("ctr"):
+        fail(
+            ("train", "graph", "init"),
+            "train.graph.init: label_mf is trained on like labels and needs data.task=ctr, "
+            f"got data.task={cfg.data.task}",
         )
 
     tiny = cfg.model.tiny

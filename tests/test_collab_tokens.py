@@ -291,7 +291,7 @@ def test_config_peft_config_and_reload_checks(tmp_path):
 
     with pytest.raises(ConfigError, match="collab_tokens is plain LoRA's option"):
         load_config(None, ["train.adapter=graphlora", "train.lora.collab_tokens=true"])
-    with pytest.raises(ConfigError, match="train.graph.init must be lightgcn or mf"):
+    with pytest.raises(ConfigError, match="train.graph.init must be lightgcn, mf or label_mf"):
         load_config(None, ["train.lora.collab_tokens=true", "train.graph.init=random"])
     collab = load_config(None, ["train.lora.collab_tokens=true", "train.graph.node_dim=16"])
     plain = load_config(None, [])
@@ -326,3 +326,32 @@ def test_plan_counts_the_collab_adapter_and_its_table():
     work = P.Workload("lora+collab", 8, 512, 1, False)
     cmd = P.launch_command(P.plan(counts, P.Cluster(1, 1, 80.0), work), None, "ds.json")
     assert "train.adapter=lora train.lora.collab_tokens=true" in cmd
+
+
+def test_label_mf_rows_are_the_like_mfs_users_then_items(ml100k_prepared, tmp_path, monkeypatch):
+    """``train.graph.init: label_mf``: row ``u`` and row ``U + i`` are the label-trained MF's
+    factors and biases of user ``u`` and item ``i``, so their dot product plus the two biases
+    is the MF's logit for the pair (up to its global bias); it needs a CTR task."""
+    from dataclasses import replace
+
+    from lorarec.classic.collab import ensure_collab_embeddings
+    from lorarec.classic.ctr_models import MF_SETTINGS, ctr_model_scores, ensure_ctr_model
+
+    monkeypatch.setenv("LORAREC_HOME", str(tmp_path / "home"))
+    data = PreparedData.open(ml100k_prepared, "ctr")
+    cfg = load_config(
+        None, ["data.task=ctr", "train.graph.init=label_mf", "train.graph.node_dim=9"]
+    )
+    emb = ensure_collab_embeddings(data, cfg.train.graph, cfg.train.seed)
+    assert emb.shape == (data.num_users + data.num_items, 9)
+    settings = replace(MF_SETTINGS, dim=8, seed=cfg.train.seed)
+    model, shape, _ = ensure_ctr_model(data, "mf", settings, lambda: pytest.fail("retrained"))
+    test = data.samples("test")[:300]
+    p = ctr_model_scores(model, "mf", shape, settings, test).astype(np.float64)
+    u = emb[[s["user"] for s in test]].astype(np.float64)
+    i = emb[[data.num_users + s["target"] for s in test]].astype(np.float64)
+    ours = (u[:, :-1] * i[:, :-1]).sum(1) + u[:, -1] + i[:, -1]
+    shift = np.log(p / (1 - p)) - ours  # the global bias, the same for every pair
+    assert np.ptp(shift) < 1e-3 and np.std(ours) > 0.1
+    with pytest.raises(ConfigError, match="label_mf is trained on like labels and needs"):
+        load_config(None, ["train.graph.init=label_mf", "train.adapter=graphlora"])
