@@ -4,6 +4,8 @@ the methods' own papers, next to the protocol's baselines: an experiment runner.
     python bench/quality.py --protocol ctr --samples 2000 --eval 2000
     python bench/quality.py --protocol next_item --samples 1000 --eval 500 --resume
     python bench/quality.py --protocol ctr --methods lora graphlora --seeds 42 43
+    python bench/quality.py --protocol ctr --resume --methods lora graphlora graphlora_b1 \
+        --variant graphlora_b1 graphlora train.graphlora.b=1.0     # a tuning pilot, paired
     python bench/quality.py --readme                 # README tables from the committed JSON
 
 Protocols (ML-100K):
@@ -21,8 +23,9 @@ seeded subset of ``--samples`` training samples (``train.max_samples``; each see
 the same steps, schedule, seed and data, and is evaluated on the same seeded ``--eval`` test
 samples. Methods: ``lora``, ``lora_collab`` (plain LoRA with the collaborative embeddings as
 input tokens at the user and item placeholders), ``graphlora``, ``reclora``, ``ilora``,
-``graphmoe``. The baselines are evaluated once per seed by ``lorarec eval`` and restricted to
-the LLM's samples.
+``graphmoe``; ``--variant NAME METHOD KEY=VALUE...`` adds a method of its own, METHOD with
+those config overrides (a tuning pilot, with its own record, paired with the rest). The
+baselines are evaluated once per seed by ``lorarec eval`` and restricted to the LLM's samples.
 
 Every run directory is kept under ``--runs``: with ``--resume`` a killed benchmark continues
 where it stopped (finished methods are read back, a method killed while evaluating is only
@@ -171,7 +174,7 @@ def settings(args, name: str, seed: int) -> dict:
         "samples": args.samples,
         "eval": args.eval,
         "seed": seed,
-        "method": METHODS[name] if name in METHODS else sorted(args.baselines),
+        "method": args.table[name] if name in args.table else sorted(args.baselines),
         "overrides": list(args.overrides),
         # `model.dtype: auto` computes in bf16 where the CPU has bf16 kernels, else in fp32:
         # a record made on another machine in another precision is not mixed in
@@ -235,7 +238,7 @@ def train_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[di
 
 def run_method(name: str, seed: int, args, sched: dict, run: Path) -> tuple[dict, str]:
     evaluation = ["eval.llm_methods=[likelihood]", "eval.baselines=[]"]
-    overrides = [*METHODS[name], *common_overrides(args, seed), *sched["overrides"]]
+    overrides = [*args.table[name], *common_overrides(args, seed), *sched["overrides"]]
     if (run / "train_summary.json").is_file() and (run / "adapter").is_dir():
         # trained and exported, killed while evaluating: evaluate the exported adapter with
         # the same settings `lorarec train` evaluates with, without training again
@@ -588,7 +591,16 @@ def parse(argv: list[str] | None = None):
         help="training samples per method (default: 2000 for ctr, 1000 for next_item)",
     )
     p.add_argument("--eval", type=int, help="test samples (default 2000 ctr, 500 next_item)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", help=f"default: {' '.join(METHODS)}")
+    p.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME METHOD KEY=VALUE",
+        help="an extra method NAME: METHOD with these config overrides (a tuning pilot), "
+        "paired with the others; repeatable",
+    )
     p.add_argument("--baselines", nargs="*", help="default: the protocol's")
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -606,6 +618,23 @@ def parse(argv: list[str] | None = None):
     )
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
     args = p.parse_args(argv)
+    args.table = dict(METHODS)
+    for v in args.variant:
+        if (
+            len(v) < 3
+            or v[0] in args.table
+            or v[1] not in METHODS
+            or not all("=" in o for o in v[2:])
+        ):
+            p.error(
+                f"--variant {' '.join(v)}: expected a new NAME, one of {', '.join(METHODS)} "
+                "and at least one KEY=VALUE override"
+            )
+        args.table[v[0]] = [*METHODS[v[1]], *v[2:]]
+    args.methods = args.methods or list(METHODS)
+    unknown = [m for m in args.methods if m not in args.table]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(args.table)})")
     proto = PROTOCOLS[args.protocol]
     args.samples = args.samples or proto["samples"]
     args.eval = args.eval or proto["eval"]

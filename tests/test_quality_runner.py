@@ -201,3 +201,31 @@ def test_a_record_is_used_only_under_the_settings_it_was_made_with(tmp_path, cap
     (tmp_path / "q" / "graphlora-s42.json").rename(tmp_path / "q" / "lora-s42.json")
     assert q.read_record(args, "lora", 42) is None
     assert "made under other settings (method)" in capsys.readouterr().out
+
+
+def test_a_variant_is_a_method_of_its_own_with_its_overrides(tmp_path, capsys):
+    """``--variant NAME METHOD KEY=VALUE``: a tuning pilot trains as METHOD with its overrides,
+    its record is its own (the base method's is not taken for it, nor the other way round),
+    and the other methods' records stay usable next to it."""
+    q = load_runner()
+    base = ["--protocol", "ctr", "--json", str(tmp_path / "q.json"), "--resume"]
+    pilot = ["--variant", "graphlora_b1", "graphlora", "train.graphlora.b=1.0"]
+    args = q.parse([*base, "--methods", "lora", "graphlora_b1", *pilot])
+    assert args.methods == ["lora", "graphlora_b1"]
+    assert args.table["graphlora_b1"] == [*q.METHODS["graphlora"], "train.graphlora.b=1.0"]
+    row = {"entry": {"per_sample": {"key": ["a"], "score": [0.5]}}, "train_samples": 2000}
+    q.write_record(q.parse(base), "lora", 42, row)
+    assert q.read_record(args, "lora", 42) == row  # made without the variant: still used
+    q.write_record(q.parse(base), "graphlora", 42, row)
+    (tmp_path / "q" / "graphlora-s42.json").rename(tmp_path / "q" / "graphlora_b1-s42.json")
+    assert q.read_record(args, "graphlora_b1", 42) is None
+    assert "made under other settings (method)" in capsys.readouterr().out
+    for bad in (
+        ["--variant", "lora", "graphlora", "train.graphlora.b=1.0"],  # an existing name
+        ["--variant", "x", "nomethod", "train.graphlora.b=1.0"],
+        ["--variant", "x", "graphlora"],  # no override
+        ["--methods", "graphlora_b1"],  # not defined
+    ):
+        with pytest.raises(SystemExit) as exc:
+            q.parse([*base, *bad])
+        assert exc.value.code == 2, bad
