@@ -407,9 +407,11 @@ def compare(entry: dict, ref: dict | None, metrics: list[str], n: int) -> dict |
 
 
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ from it; the benchmark's own results
+    (``bench/results``, which it rewrites as it goes) do not count."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
         cwd=ROOT,
         capture_output=True,
         text=True,
