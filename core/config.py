@@ -142,6 +142,10 @@ class DataConfig:
     """What a user does with an item, in the prompts (``listen to``, ``play``, ``buy``)."""
     verb_past: str = "watched"
     """The same verb in the past tense (``listened to``, ``played``, ``bought``)."""
+    answer: Literal["title", "index"] = "title"
+    """``next_item``: what the LLM answers, the target's title (LLaRA) or the letter the prompt
+    lists it under among the candidates, ``(A) title, (B) title, ...`` (LlamaRec's verbaliser:
+    every candidate's score is a one-token continuation of one prompt)."""
 
     @property
     def prepared_task(self) -> str:
@@ -693,6 +697,19 @@ def check_adapter(cfg: RunConfig, src: Source | str) -> None:
             ("train", "graph", "init"),
             "train.lora.collab_tokens embeds pre-trained collaborative embeddings: "
             "train.graph.init must be lightgcn, mf or label_mf, got random",
+        )
+    from lorarec.trainer.prompts import INDEX_LABELS
+
+    if cfg.data.answer == "index" and cfg.data.task != "next_item":
+        fail(
+            ("data", "answer"),
+            f"data.answer: index labels next-item candidates; data.task={cfg.data.task} has none",
+        )
+    if cfg.data.answer == "index" and cfg.data.num_candidates > len(INDEX_LABELS):
+        fail(
+            ("data", "answer"),
+            f"data.answer: index has {len(INDEX_LABELS)} letters for the candidates, "
+            f"data.num_candidates is {cfg.data.num_candidates}",
         )
     if t.graph.init == "label_mf" and not cfg.data.task.startswith("ctr"):
         fail(

@@ -56,6 +56,7 @@ from lorarec.evaluation.scoring import (
     check_ctr_answers,
     greedy_answers,
     parse_answer,
+    parse_index_answer,
     yes_probabilities,
 )
 from lorarec.trainer.prompts import PromptStyle
@@ -191,9 +192,13 @@ def llm_entries(
     if "answer" in raw:
         answers = raw["answer"]
         titles = data.titles
-        picked = [
-            parse_answer(a, [titles[c] for c in s["candidates"]]) for a, s in zip(answers, samples)
-        ]
+        if cfg.data.answer == "index":
+            picked = [parse_index_answer(a, len(s["candidates"])) for a, s in zip(answers, samples)]
+        else:
+            picked = [
+                parse_answer(a, [titles[c] for c in s["candidates"]])
+                for a, s in zip(answers, samples)
+            ]
         valid = np.array([p is not None for p in picked], dtype=np.float64)
         correct = np.array(
             [p is not None and p == t for p, t in zip(picked, target_index)], dtype=np.float64

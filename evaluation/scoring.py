@@ -5,6 +5,7 @@ PEFT model, or a rank's ZeRO-3 module whose layers are gathered as they run."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -150,6 +151,17 @@ def parse_answer(answer: str, candidate_titles: list[str]) -> int | None:
     norm = " ".join(answer.lower().split())
     found = [i for i, t in enumerate(candidate_titles) if " ".join(t.lower().split()) in norm]
     return found[0] if len(found) == 1 else None
+
+
+def parse_index_answer(answer: str, n: int) -> int | None:
+    """``data.answer: index``: the candidate whose letter the answer starts with (``B``,
+    `` (B)``, ``B.``; one of the first ``n`` letters), or None (not valid)."""
+    from lorarec.trainer.prompts import INDEX_LABELS
+
+    m = re.match(r"\s*\(?([A-Z])(?![A-Za-z])", answer)
+    if m is None or INDEX_LABELS.index(m.group(1)) >= n:
+        return None
+    return INDEX_LABELS.index(m.group(1))
 
 
 def check_ctr_answers(answers: tuple[list[int], list[int]]) -> None:

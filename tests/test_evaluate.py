@@ -154,14 +154,17 @@ def test_yes_probability_under_conditioning_follows_each_prompt(tiny, adapter):
     assert np.abs(other - batched).max() > 1e-3 * batched.mean()
 
 
-def test_likelihood_scores_exactly_the_answer_tokens_training_learns(tiny, monkeypatch):
+@pytest.mark.parametrize("answer", ["title", "index"])
+def test_likelihood_scores_exactly_the_answer_tokens_training_learns(tiny, monkeypatch, answer):
     """Evaluation scores each candidate by the tokens training computes its loss on when that
-    candidate is the target (the title, then EOS), after the same prompt: the target's score
-    is the training loss of the sample, per answer token, negated."""
+    candidate is the target (the title, then EOS; with ``data.answer: index`` its letter, then
+    EOS), after the same prompt: the target's score is the training loss of the sample, per
+    answer token, negated."""
     import torch
 
     import lorarec.evaluation.protocol as E
     from lorarec.trainer.batching import IGNORE, ExampleBuilder, answer_token_loss_sum
+    from lorarec.trainer.prompts import INDEX_LABELS, PromptStyle
 
     model, tok = tiny
     titles = [f"Movie {i} ({1960 + i})" for i in range(30)]
@@ -180,17 +183,30 @@ def test_likelihood_scores_exactly_the_answer_tokens_training_learns(tiny, monke
 
     real = E.candidate_log_likelihoods
     monkeypatch.setattr(E, "candidate_log_likelihoods", spy)
-    cfg = load_config("configs/tiny.yaml", ["eval.llm_methods=[likelihood]", "eval.bootstrap=10"])
+    cfg = load_config(
+        "configs/tiny.yaml",
+        ["eval.llm_methods=[likelihood]", "eval.bootstrap=10", f"data.answer={answer}"],
+    )
     data = SimpleNamespace(titles=titles, task="next_item")
     E.evaluate_llm(model, tok, data, [sample], cfg, "llm", progress=False)
     ((prompt, candidates),) = seen
-    example = ExampleBuilder(tok, titles, "next_item", cfg.data.history_short, 1 << 30).build(
-        sample
-    )
+    example = ExampleBuilder(
+        tok,
+        titles,
+        "next_item",
+        cfg.data.history_short,
+        1 << 30,
+        style=PromptStyle.from_config(cfg.data),
+    ).build(sample)
     trained = [t for t in example.labels if t != IGNORE]
     scored = candidates[sample["candidates"].index(sample["target"])]
     assert prompt + scored == example.input_ids
     assert scored == trained and scored[-1] == tok.eos_token_id
+    if answer == "index":  # the target, 17, is the 8th candidate: letter H
+        assert tok.decode(trained[:-1]) == " H" and "(H) Movie 17 (1977)" in tok.decode(prompt)
+        assert [tok.decode(c[:-1]) for c in candidates] == [f" {x}" for x in INDEX_LABELS[:20]]
+    else:
+        assert tok.decode(trained[:-1]) == " Movie 17 (1977)" and "(H)" not in tok.decode(prompt)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([example.input_ids])).logits
     loss = float(answer_token_loss_sum(logits, torch.tensor([example.labels])))
@@ -523,6 +539,28 @@ def test_ctr_eval_reports_auc_uauc(ml100k_prepared, tmp_path):
     labels = np.array(entry["per_sample"]["label"])
     assert llm["auc"]["value"] == pytest.approx(M.auc(labels, probs))
     assert set(entry["vs_best_baseline"]) >= {"auc", "uauc"}
+
+
+def test_index_answers_parse_to_their_candidate_and_need_next_item_candidates():
+    from lorarec.core.errors import ConfigError
+    from lorarec.evaluation.scoring import parse_index_answer
+
+    for text, n, want in [
+        (" B", 20, 1),
+        ("B", 20, 1),
+        (" (C) Toy Story", 20, 2),
+        (" T.", 20, 19),
+        (" U", 20, None),  # the 21st letter, of 20 candidates
+        (" Bob", 20, None),  # a word, not a letter
+        (" b", 20, None),
+        (" Toy Story", 20, None),
+        ("", 20, None),
+    ]:
+        assert parse_index_answer(text, n) == want, text
+    with pytest.raises(ConfigError, match="data.answer: index labels next-item candidates"):
+        load_config(None, ["data.task=ctr", "data.answer=index"])
+    with pytest.raises(ConfigError, match="has 26 letters for the candidates"):
+        load_config(None, ["data.answer=index", "data.num_candidates=27"])
 
 
 def test_prompt_wording_is_a_data_setting():

@@ -1,7 +1,7 @@
 """Samples -> token tensors for training: the prompt, then the answer; loss on the answer only.
 
-The answer is the target's title (``next_item``) or `` Yes``/`` No`` (``ctr``), followed by the
-end-of-sequence token. Prompts that do not fit ``max_length`` lose their oldest history items
+The answer is the target's title (``next_item``; its letter among the listed candidates with
+``data.answer: index``) or `` Yes``/`` No`` (``ctr``), followed by the end-of-sequence token. Prompts that do not fit ``max_length`` lose their oldest history items
 until they do (the candidates are never cut).
 """
 
@@ -15,6 +15,7 @@ from lorarec.trainer.prompts import (
     CTR_ANSWERS,
     PromptStyle,
     answer_text,
+    candidate_letter,
     ctr_segments,
     encode,
     encode_with_placeholders,
@@ -62,9 +63,16 @@ class ExampleBuilder:
         self._answer_cache: dict[int | str, list[int]] = {}
 
     def answer_ids(self, sample: dict) -> list[int]:
-        key = CTR_ANSWERS[1 - sample["label"]] if self.ctr else sample["target"]
+        if self.ctr:
+            key = CTR_ANSWERS[1 - sample["label"]]
+        elif self.style.answer == "index":
+            key = candidate_letter(sample, sample["target"])
+        else:
+            key = sample["target"]
         if key not in self._answer_cache:
-            text = key if self.ctr else answer_text(self.titles[key])
+            text = (
+                key if self.ctr else answer_text(self.titles[key] if isinstance(key, int) else key)
+            )
             self._answer_cache[key] = encode(self.tokenizer, text) + [self.eos]
         return self._answer_cache[key]
 

@@ -1,7 +1,9 @@
 """Prompts of the two tasks, rendered from a sample and the item titles.
 
 * ``next_item`` (LLaRA): the last ``history_short`` titles and the sample's candidate titles;
-  the answer is the target's title.
+  the answer is the target's title, or (``data.answer: index``, LlamaRec's verbaliser) the
+  candidates are listed under letters ``(A) title, (B) title, ...`` and the answer is the
+  target's letter.
 * ``ctr`` (TALLRec style): the last ``history_short`` titles with the user's ratings and one
   target title; the answer is `` Yes`` or `` No``.
 
@@ -25,10 +27,41 @@ class PromptStyle:
     item_noun_plural: str = "movies"
     verb: str = "watch"
     verb_past: str = "watched"
+    answer: str = "title"
+    """``data.answer``: ``index`` lists the next-item candidates under letters, the answer
+    is the target's letter."""
 
     @classmethod
     def from_config(cls, data_cfg) -> PromptStyle:
-        return cls(data_cfg.item_noun, data_cfg.item_noun_plural, data_cfg.verb, data_cfg.verb_past)
+        return cls(
+            data_cfg.item_noun,
+            data_cfg.item_noun_plural,
+            data_cfg.verb,
+            data_cfg.verb_past,
+            data_cfg.answer,
+        )
+
+
+INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+"""The letters ``data.answer: index`` lists candidates under."""
+
+
+def candidate_letter(sample: dict, item: int) -> str:
+    """The letter ``item`` is listed under among ``sample``'s candidates (``data.answer:
+    index``)."""
+    cands = sample["candidates"]
+    if len(cands) > len(INDEX_LABELS):
+        raise ValueError(
+            f"sample {sample.get('key')}: {len(cands)} candidates, more than the "
+            f"{len(INDEX_LABELS)} letters of data.answer: index"
+        )
+    try:
+        return INDEX_LABELS[cands.index(item)]
+    except ValueError:
+        raise ValueError(
+            f"sample {sample.get('key')}: item {item} is not among its candidates, so it has no "
+            "letter (data.answer: index)"
+        ) from None
 
 
 Segment = str | tuple[str, int]
@@ -39,19 +72,24 @@ def next_item_segments(
     sample: dict, titles: list[str], history_short: int, style: PromptStyle = PromptStyle()
 ) -> list[Segment]:
     history = _titled(sample["history"][-history_short:], titles, [""] * history_short)
-    candidates = _titled(sample["candidates"], titles, [""] * len(sample["candidates"]))
     n = len(sample["candidates"])
     seen = (
         [f" has {style.verb_past} ", *history, " in the previous. "]
         if history
         else [f" has not {style.verb_past} any {style.item_noun_plural} yet. "]
     )
+    if style.answer == "index":
+        letters = [f"({candidate_letter(sample, c)}) " for c in sample["candidates"]]
+        candidates = _titled(sample["candidates"], titles, [""] * n, prefixes=letters)
+        choose = f"Answer with the letter of one of the following {n} {style.item_noun_plural}: "
+    else:
+        candidates = _titled(sample["candidates"], titles, [""] * n)
+        choose = f"Choose the answer from the following {n} {style.item_noun} titles: "
     return [
         "This user",
         *_user(sample),
         *seen,
-        f"Please predict the next {style.item_noun} this user will {style.verb}. "
-        f"Choose the answer from the following {n} {style.item_noun} titles: ",
+        f"Please predict the next {style.item_noun} this user will {style.verb}. {choose}",
         *candidates,
         ". Answer:",
     ]
@@ -88,11 +126,15 @@ def _user(sample: dict) -> list[Segment]:
     return [("user", int(user))] if user is not None and user >= 0 else []
 
 
-def _titled(items: list[int], titles: list[str], suffixes: list[str]) -> list[Segment]:
+def _titled(
+    items: list[int], titles: list[str], suffixes: list[str], prefixes: list[str] | None = None
+) -> list[Segment]:
     out: list[Segment] = []
     for k, (i, suffix) in enumerate(zip(items, suffixes)):
         if k:
             out.append(", ")
+        if prefixes:
+            out.append(prefixes[k])
         out += [titles[i], ("item", i)]
         if suffix:
             out.append(suffix)
@@ -146,6 +188,7 @@ def encode_with_placeholders(
 
 
 def answer_text(title: str) -> str:
+    """A next-item answer: `` <title>``, or `` <letter>`` with ``data.answer: index``."""
     return " " + title
 
 
