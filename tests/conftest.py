@@ -99,15 +99,14 @@ def minilm():
     return assets.asset_path("minilm")
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    """The tiny Llama of the adapter-layer tests (tests/test_adapter_layers.py, and the tests
-    that reuse its helpers)."""
+def tiny_llama(**overrides):
+    """A tiny random Llama (seeded): hidden 32, 2 layers, vocabulary 101; ``overrides`` go to
+    its ``LlamaConfig``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
+    shape = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -116,7 +115,14 @@ def backbone():
         vocab_size=101,
         max_position_embeddings=64,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**shape, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The tiny Llama of the adapter-layer tests (tests/test_adapter_layers.py, and the tests
+    that reuse its helpers)."""
+    return tiny_llama().eval()
 
 
 @pytest.fixture(scope="module")

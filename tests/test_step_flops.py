@@ -8,9 +8,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorarec.trainer.recipe import StepFlops
+from tests.conftest import tiny_llama
 
 BATCH, TOKENS, VOCAB = 3, 12, 211
 
@@ -32,20 +32,9 @@ def counted_weight_flops(model, keep: int | None) -> int:
 @pytest.mark.parametrize("tied", [False, True], ids=["separate head", "tied head"])
 @pytest.mark.parametrize("keep", [None, 2], ids=["all logits", "last 2 logits"])
 def test_step_flops_equal_the_counted_weight_matmuls(tied, keep):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        attn_implementation="sdpa",
-    )
+    backbone = tiny_llama(vocab_size=VOCAB, tie_word_embeddings=tied, attn_implementation="sdpa")
     model = get_peft_model(
-        LlamaForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        backbone, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     )
     flops = StepFlops.of(model)
     assert flops.head == VOCAB * 32 and not flops.head_trainable
