@@ -80,7 +80,10 @@ def setup(args):
     from lorarec.trainer.prompts import PromptStyle
 
     torch.manual_seed(0)
-    cfg = load_config(ROOT / args.config)
+    # the fp32 backbone whatever `model.dtype: auto` resolves to here: the "before" variants
+    # are fp32 and the bf16 one is a bf16 copy (auto gave bf16 on a CPU with AVX512-BF16, and
+    # every variant ran in bf16)
+    cfg = load_config(ROOT / args.config, ["model.dtype=float32"])
     data = ensure_prepared(cfg)  # prepared first (fetching ML-100K) on a fresh machine
     backbone, tok = load_backbone(cfg.model)
     lora = cfg.train.lora
