@@ -159,9 +159,8 @@ def parse_index_answer(answer: str, n: int) -> int | None:
     from lorarec.trainer.prompts import INDEX_LABELS
 
     m = re.match(r"\s*\(?([A-Z])(?![A-Za-z])", answer)
-    if m is None or INDEX_LABELS.index(m.group(1)) >= n:
-        return None
-    return INDEX_LABELS.index(m.group(1))
+    k = None if m is None else INDEX_LABELS.index(m.group(1))
+    return k if k is not None and k < n else None
 
 
 def check_ctr_answers(answers: tuple[list[int], list[int]]) -> None:

@@ -1,8 +1,9 @@
 """Samples -> token tensors for training: the prompt, then the answer; loss on the answer only.
 
 The answer is the target's title (``next_item``; its letter among the listed candidates with
-``data.answer: index``) or `` Yes``/`` No`` (``ctr``), followed by the end-of-sequence token. Prompts that do not fit ``max_length`` lose their oldest history items
-until they do (the candidates are never cut).
+``data.answer: index``) or `` Yes``/`` No`` (``ctr``), followed by the end-of-sequence token.
+Prompts that do not fit ``max_length`` lose their oldest history items until they do (the
+candidates are never cut).
 """
 
 from __future__ import annotations
@@ -64,15 +65,14 @@ class ExampleBuilder:
 
     def answer_ids(self, sample: dict) -> list[int]:
         if self.ctr:
-            key = CTR_ANSWERS[1 - sample["label"]]
+            key = text = CTR_ANSWERS[1 - sample["label"]]
         elif self.style.answer == "index":
             key = candidate_letter(sample, sample["target"])
+            text = answer_text(key)
         else:
             key = sample["target"]
+            text = answer_text(self.titles[key])
         if key not in self._answer_cache:
-            text = (
-                key if self.ctr else answer_text(self.titles[key] if isinstance(key, int) else key)
-            )
             self._answer_cache[key] = encode(self.tokenizer, text) + [self.eos]
         return self._answer_cache[key]
 

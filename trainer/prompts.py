@@ -46,17 +46,23 @@ INDEX_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 """The letters ``data.answer: index`` lists candidates under."""
 
 
+def candidate_letters(sample: dict) -> str:
+    """The letters ``sample``'s candidates are listed under, in order (``data.answer: index``)."""
+    n = len(sample["candidates"])
+    if n > len(INDEX_LABELS):
+        raise ValueError(
+            f"sample {sample.get('key')}: {n} candidates, more than the "
+            f"{len(INDEX_LABELS)} letters of data.answer: index"
+        )
+    return INDEX_LABELS[:n]
+
+
 def candidate_letter(sample: dict, item: int) -> str:
     """The letter ``item`` is listed under among ``sample``'s candidates (``data.answer:
     index``)."""
-    cands = sample["candidates"]
-    if len(cands) > len(INDEX_LABELS):
-        raise ValueError(
-            f"sample {sample.get('key')}: {len(cands)} candidates, more than the "
-            f"{len(INDEX_LABELS)} letters of data.answer: index"
-        )
+    letters = candidate_letters(sample)
     try:
-        return INDEX_LABELS[cands.index(item)]
+        return letters[sample["candidates"].index(item)]
     except ValueError:
         raise ValueError(
             f"sample {sample.get('key')}: item {item} is not among its candidates, so it has no "
@@ -79,7 +85,7 @@ def next_item_segments(
         else [f" has not {style.verb_past} any {style.item_noun_plural} yet. "]
     )
     if style.answer == "index":
-        letters = [f"({candidate_letter(sample, c)}) " for c in sample["candidates"]]
+        letters = [f"({x}) " for x in candidate_letters(sample)]
         candidates = _titled(sample["candidates"], titles, [""] * n, prefixes=letters)
         choose = f"Answer with the letter of one of the following {n} {style.item_noun_plural}: "
     else:

@@ -81,10 +81,8 @@ def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float
     n = 1024
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    threads = torch.get_num_threads()
-    if device.type != "cuda":
-        torch.set_num_threads(1)
-    try:
+
+    def run() -> tuple[int, float, float]:
         a @ b  # warm-up
         iters, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
@@ -92,12 +90,18 @@ def measure_matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float
             iters += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-            return 2 * n**3 * iters / (time.perf_counter() - start)
-        cpu = max(time.process_time() - cpu_start, 1e-9)
+        return iters, time.perf_counter() - start, time.process_time() - cpu_start
+
+    if device.type == "cuda":
+        iters, wall, _ = run()
+        return 2 * n**3 * iters / wall
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        iters, _, cpu = run()
     finally:
-        if device.type != "cuda":
-            torch.set_num_threads(threads)
-    return 2 * n**3 * iters / cpu * threads
+        torch.set_num_threads(threads)
+    return 2 * n**3 * iters / max(cpu, 1e-9) * threads
 
 
 @dataclass(frozen=True)
